@@ -1,0 +1,686 @@
+/*
+ * request.c: the life of one proxied request.
+ *
+ *   server.c on_request ─► request_handle
+ *     check_target / headers_check_request     400 / 405 on what must not be forwarded
+ *     route: /v1/... ─► px->up_v1, else px->up_v2
+ *     prepare: filtered end-to-end headers, Version and User-Agent defaults, body moved here
+ *     classify_request ─► the key (app, resource)                 [classify.c]
+ *     limiter_acquire ─► admit now | wait (on_admitted) | reject   [limiter.c]
+ *     send_upstream ─► upstream_send                               [upstream.c]
+ *       on_up_head: status + filtered headers kept; feedback to the limiter
+ *       on_up_body: buffered up to BUFFER_MAX, then streamed with backpressure
+ *       on_up_done: whole answer sent (buffered) | reply ended (streamed) | 502/504
+ *     finish: one log line, the request freed at the next sweep
+ *
+ * While the request waits (limiter queue, upstream), its client may hang up: server.c's
+ * EV_CLOSED watch calls on_client_gone, which cancels whatever is pending and drops the
+ * connection. A struct proxy_req is freed in exactly one place (on_sweep), after it left every
+ * queue, so no callback can find it freed.
+ *
+ * Answers from HighLevel are buffered whole when they are small (most API answers): the client
+ * then gets a clean 502 if the upstream fails mid-answer. Larger answers are streamed; a failure
+ * after the head went out can only cut the client's connection.
+ */
+#include "request.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/http_struct.h>
+#include <event2/keyvalq_struct.h>
+
+#include "classify.h"
+#include "config.h"
+#include "headers.h"
+#include "limiter.h"
+#include "log.h"
+#include "ratelimit_headers.h"
+#include "route.h"
+#include "server.h"
+#include "upstream.h"
+#include "util.h"
+
+/* Answers up to this size are buffered whole before the client sees them. */
+#define BUFFER_MAX (256 * 1024)
+/* Stop reading the upstream while this much is queued for a slow client. */
+#define CLIENT_BACKLOG_MAX (1024 * 1024)
+
+enum req_state {
+	RS_ADMITTING = 0, /* waiting for the limiter */
+	RS_UPSTREAM,      /* exchange in flight, no head yet */
+	RS_BUFFERING,     /* head received, body being buffered */
+	RS_STREAMING,     /* reply started to the client */
+	RS_DONE,          /* answered (or client gone); waiting for the sweep */
+};
+
+struct proxy_req {
+	TAILQ_ENTRY(proxy_req) link; /* px->active, then px->graveyard */
+	struct proxy *px;
+	struct evhttp_request *req; /* NULL once answered or the client went away */
+	struct server_conn *conn;
+	uint64_t id;
+	char peer[64]; /* for the log line, which may come after the connection is gone */
+	enum req_state state;
+	enum evhttp_cmd_type method;
+	const char *method_str;
+	char *target; /* path and query, as sent upstream */
+	size_t path_len;
+	struct upstream *up;
+	struct evkeyvalq fwd; /* headers for the upstream */
+	struct evbuffer *body;
+	struct classify_result key;
+	struct limiter_waiter waiter;
+	struct upstream_exchange *x;
+	int status;
+	char reason[64];
+	struct evkeyvalq resp; /* answer headers for the client */
+	struct evbuffer *resp_body;
+	int64_t t_start_ns;
+	int64_t t_admitted_ns;
+	int64_t t_sent_ns;
+	int64_t t_head_ns;
+	int64_t wait_ms;
+	uint64_t bytes_out;
+	bool in_active;
+	bool attached; /* to its server_conn: told if the connection dies */
+	bool watching; /* EV_CLOSED watch on while it waits */
+	bool paused;
+	bool error_logged;
+	const char *outcome; /* for the log line */
+};
+
+static void send_upstream(struct proxy_req *p);
+
+/* ---- lifetime ---- */
+
+static void on_sweep(evutil_socket_t fd, short what, void *arg)
+{
+	struct proxy *px = arg;
+	struct proxy_req *p;
+
+	while ((p = TAILQ_FIRST(&px->graveyard))) {
+		TAILQ_REMOVE(&px->graveyard, p, link);
+		evhttp_clear_headers(&p->fwd);
+		evhttp_clear_headers(&p->resp);
+		if (p->body)
+			evbuffer_free(p->body);
+		if (p->resp_body)
+			evbuffer_free(p->resp_body);
+		free(p->target);
+		free(p);
+	}
+}
+
+/* Leave every queue and schedule the free; safe to call once the request has no work left. */
+static void retire(struct proxy_req *p)
+{
+	struct proxy *px = p->px;
+
+	if (!p->in_active)
+		return;
+	p->state = RS_DONE;
+	if (p->attached && p->conn)
+		server_conn_detach(p->conn);
+	p->attached = false;
+	p->watching = false;
+	if (p->waiter.queued)
+		limiter_cancel(&p->waiter);
+	if (p->x) {
+		upstream_cancel(p->x);
+		p->x = NULL;
+	}
+	p->in_active = false;
+	TAILQ_REMOVE(&px->active, p, link);
+	px->n_active--;
+	TAILQ_INSERT_TAIL(&px->graveyard, p, link);
+	event_active(px->sweep, EV_TIMEOUT, 0);
+}
+
+/* The one log line of a request: method, path without query, status, timings, bytes, key. */
+static void log_line(struct proxy_req *p)
+{
+	char path[512];
+	int64_t now = util_now_ns();
+	int64_t up_ms =
+	        p->t_sent_ns ? ((p->t_head_ns ? p->t_head_ns : now) - p->t_sent_ns) / 1000000 : -1;
+	size_t n = p->target ? MIN(p->path_len, sizeof(path) - 1) : 0;
+
+	if (p->target)
+		memcpy(path, p->target, n);
+	path[n] = '\0';
+	struct log_field f[] = {
+		LOG_NUM("id", p->id),
+		LOG_STR("peer", p->peer),
+		LOG_STR("method", p->method_str),
+		LOG_STR("path", path),
+		LOG_NUM("status", p->status),
+		LOG_NUM("upstream_ms", up_ms),
+		LOG_NUM("wait_ms", p->wait_ms),
+		LOG_NUM("total_ms", (now - p->t_start_ns) / 1000000),
+		LOG_NUM("bytes", p->bytes_out),
+		LOG_STR("key", p->key.burst_key),
+		LOG_STR("outcome", p->outcome ? p->outcome : "forwarded"),
+	};
+	log_fields(LOG_INFO, "request", f, (int)ARRAY_SIZE(f));
+}
+
+/* The request is answered (or abandoned): log it once and retire it. */
+static void finish(struct proxy_req *p)
+{
+	if (p->state == RS_DONE)
+		return;
+	log_line(p);
+	p->req = NULL;
+	retire(p);
+}
+
+/* ---- answering ---- */
+
+static void stop_watching(struct proxy_req *p)
+{
+	if (p->watching && p->conn)
+		server_conn_watch_close(p->conn, false);
+	p->watching = false;
+}
+
+/* Before the final reply call: evhttp owns the request from then on. */
+static void detach(struct proxy_req *p)
+{
+	stop_watching(p);
+	if (p->attached && p->conn)
+		server_conn_detach(p->conn);
+	p->attached = false;
+}
+
+static void answer_error(struct proxy_req *p, int status, const char *message, const char *outcome)
+{
+	detach(p);
+	p->status = status;
+	p->outcome = outcome;
+	if (p->req) {
+		server_send_error(p->req, status, message, false);
+		p->bytes_out = 0;
+	}
+	finish(p);
+}
+
+/* Add the proxy's own headers to an answer. */
+static void add_proxy_headers(struct proxy_req *p, struct evkeyvalq *out)
+{
+	char buf[24];
+
+	snprintf(buf, sizeof(buf), "%lld", (long long)p->wait_ms);
+	evhttp_add_header(out, "X-GHL-Proxy-Wait-Ms", buf);
+}
+
+/* Copy the upstream's head into the client's reply headers. */
+static void start_reply_headers(struct proxy_req *p)
+{
+	struct evkeyvalq *out = evhttp_request_get_output_headers(p->req);
+	const struct evkeyval *kv;
+
+	TAILQ_FOREACH(kv, &p->resp, next)
+	evhttp_add_header(out, kv->key, kv->value);
+	add_proxy_headers(p, out);
+}
+
+/* Send a fully buffered answer. */
+static void reply_whole(struct proxy_req *p)
+{
+	detach(p);
+	if (p->req) {
+		start_reply_headers(p);
+		p->bytes_out = evbuffer_get_length(p->resp_body);
+		evhttp_send_reply(p->req, p->status, p->reason, p->resp_body);
+	}
+	finish(p);
+}
+
+static void on_client_flushed(struct evhttp_connection *evcon, void *arg)
+{
+	struct proxy_req *p = arg;
+
+	if (p->paused && p->x && p->state == RS_STREAMING) {
+		p->paused = false;
+		upstream_resume(p->x);
+	}
+}
+
+/* Move what is buffered to the client (streaming), pausing the upstream for a slow client. */
+static void stream_out(struct proxy_req *p)
+{
+	size_t n = evbuffer_get_length(p->resp_body);
+
+	if (n == 0 || !p->req)
+		return;
+	p->bytes_out += n;
+	evhttp_send_reply_chunk_with_cb(p->req, p->resp_body, on_client_flushed, p);
+	if (p->x && !p->paused && server_conn_output_pending(p->conn) > CLIENT_BACKLOG_MAX) {
+		p->paused = true;
+		upstream_pause(p->x);
+	}
+}
+
+static void start_streaming(struct proxy_req *p)
+{
+	stop_watching(p);
+	p->state = RS_STREAMING;
+	if (!p->req)
+		return;
+	struct evkeyvalq *in = evhttp_request_get_input_headers(p->req);
+	if (evhttp_request_get_command(p->req) != EVHTTP_REQ_HEAD &&
+	    !evhttp_find_header(&p->resp, "Content-Length")) {
+		/* An HTTP/1.0 client cannot take chunks: it reads until we close. evhttp would
+		 * otherwise send "Content-Length: 0" on a keep-alive 1.0 connection. */
+		if (p->req->major == 1 && p->req->minor == 0)
+			evhttp_remove_header(in, "Connection");
+	}
+	start_reply_headers(p);
+	evhttp_send_reply_start(p->req, p->status, p->reason);
+	stream_out(p);
+}
+
+/* ---- client hang-up ---- */
+
+static void on_client_gone(void *arg)
+{
+	struct proxy_req *p = arg;
+
+	p->watching = false;
+	p->attached = false;
+	p->status = 499; /* nginx's "client closed request", for the log only */
+	p->outcome = "client_gone";
+	if (p->req) {
+		/* evhttp detaches (and leaves to us) a request it was still waiting on us for; one
+		 * still attached to its connection is freed with it. */
+		struct evhttp_request *req = p->req;
+		p->req = NULL;
+		if (!evhttp_request_get_connection(req))
+			evhttp_request_free(req);
+		else
+			server_conn_drop(p->conn);
+	}
+	p->conn = NULL;
+	finish(p);
+}
+
+/* ---- upstream ---- */
+
+static int on_up_head(struct upstream_exchange *x, int status, const char *reason,
+                      struct evkeyvalq *headers, void *arg)
+{
+	struct proxy_req *p = arg;
+	struct ratelimit_info ri;
+	const struct evkeyval *kv;
+	bool chunked = evhttp_find_header(headers, "Transfer-Encoding") != NULL;
+
+	p->t_head_ns = util_now_ns();
+	p->status = status;
+	util_strlcpy(p->reason, reason && *reason ? reason : server_reason(status),
+	             sizeof(p->reason));
+	ratelimit_headers_parse(headers, util_wall_ms(), &ri);
+	if (p->key.is_counted)
+		limiter_feedback(p->px->limiter, &p->key, &p->waiter, status, &ri);
+
+	/* End-to-end headers only. Content-Length stays when it frames the body we pass on
+	 * untouched; with Transfer-Encoding present it is a lie and goes. */
+	TAILQ_FOREACH(kv, headers, next)
+	{
+		if (headers_is_hop_by_hop(kv->key) || headers_named_by_connection(headers, kv->key))
+			continue;
+		if (chunked && util_strcaseeq(kv->key, "Content-Length"))
+			continue;
+		if (evhttp_add_header(&p->resp, kv->key, kv->value) < 0)
+			return -1;
+	}
+	p->state = RS_BUFFERING;
+	return 0;
+}
+
+static void on_up_body(struct upstream_exchange *x, struct evbuffer *piece, void *arg)
+{
+	struct proxy_req *p = arg;
+
+	evbuffer_add_buffer(p->resp_body, piece);
+	if (p->state == RS_BUFFERING && evbuffer_get_length(p->resp_body) > BUFFER_MAX)
+		start_streaming(p);
+	else if (p->state == RS_STREAMING)
+		stream_out(p);
+}
+
+static void on_up_done(struct upstream_exchange *x, enum upstream_result r, const char *detail,
+                       void *arg)
+{
+	struct proxy_req *p = arg;
+
+	p->x = NULL;
+	if (r == UPSTREAM_OK) {
+		if (p->state == RS_STREAMING) {
+			stream_out(p);
+			detach(p);
+			if (p->req)
+				evhttp_send_reply_end(p->req);
+			finish(p);
+		} else {
+			reply_whole(p);
+		}
+		return;
+	}
+
+	log_fields(LOG_WARNING, "upstream error",
+	           (struct log_field[]){ LOG_NUM("id", p->id),
+	                                 LOG_STR("error", upstream_result_str(r)),
+	                                 LOG_STR("detail", detail ? detail : "") },
+	           3);
+	if (p->state == RS_STREAMING) {
+		/* The head is out: all we can do is cut the connection so the client sees a
+		 * truncated answer rather than a wrong one. */
+		p->outcome = "upstream_error";
+		detach(p);
+		if (p->req) {
+			p->req = NULL;
+			server_conn_drop(p->conn);
+		}
+		finish(p);
+		return;
+	}
+	int status = r == UPSTREAM_ERR_TIMEOUT ? 504 : 502;
+	char msg[480];
+	switch (r) {
+	case UPSTREAM_ERR_TLS:
+		snprintf(msg, sizeof(msg), "upstream TLS verification failed (%s)",
+		         detail ? detail : "");
+		break;
+	case UPSTREAM_ERR_TIMEOUT:
+		snprintf(msg, sizeof(msg), "upstream timed out (%s)", detail ? detail : "");
+		break;
+	case UPSTREAM_ERR_CONNECT:
+		snprintf(msg, sizeof(msg), "upstream unreachable (%s)", detail ? detail : "");
+		break;
+	default:
+		snprintf(msg, sizeof(msg), "upstream failed (%s)", detail ? detail : "no detail");
+	}
+	answer_error(p, status, msg, "upstream_error");
+}
+
+static const struct upstream_cbs up_cbs = {
+	.on_head = on_up_head,
+	.on_body = on_up_body,
+	.on_done = on_up_done,
+};
+
+static void send_upstream(struct proxy_req *p)
+{
+	struct upstream_request rq = {
+		.method = p->method,
+		.target = p->target,
+		.headers = &p->fwd,
+		.body = p->body,
+	};
+
+	p->state = RS_UPSTREAM;
+	p->t_sent_ns = util_now_ns();
+	p->x = upstream_send(p->up, &rq, &up_cbs, p);
+	if (!p->x)
+		answer_error(p, 500, "out of memory", "internal_error");
+}
+
+/* ---- admission ---- */
+
+static void on_admitted(struct limiter_waiter *w, const struct limiter_verdict *v, void *arg);
+
+static void admitted(struct proxy_req *p, const struct limiter_verdict *v)
+{
+	p->t_admitted_ns = util_now_ns();
+	p->wait_ms = (p->t_admitted_ns - p->t_start_ns) / 1000000;
+	switch (v->outcome) {
+	case LIMITER_ADMIT:
+		send_upstream(p);
+		return;
+	case LIMITER_QUEUE_FULL:
+		answer_error(p, 503, "the proxy's queue is full", "queue_full");
+		return;
+	case LIMITER_UNAVAILABLE:
+		answer_error(p, 503, "the shared rate limiter is unavailable", "unavailable");
+		return;
+	case LIMITER_REJECT:
+		answer_error(p, 429, "rate limit", "rejected");
+		return;
+	}
+}
+
+static void on_admitted(struct limiter_waiter *w, const struct limiter_verdict *v, void *arg)
+{
+	admitted(arg, v);
+}
+
+/* ---- intake ---- */
+
+/* Absolute-form targets are accepted only when they name one of our two upstreams. */
+static const char *check_target(struct proxy *px, const char *uri, const char **path_out)
+{
+	const char *authority, *path;
+	size_t alen;
+
+	switch (route_split_target(uri, &authority, &alen, &path)) {
+	case ROUTE_ORIGIN:
+		*path_out = path;
+		return NULL;
+	case ROUTE_ABSOLUTE:
+		if (!route_authority_is(upstream_url(px->up_v2), authority, alen) &&
+		    !route_authority_is(upstream_url(px->up_v1), authority, alen))
+			return "absolute-form target names a host other than the configured "
+			       "upstreams";
+		*path_out = *path ? path : "/";
+		return NULL;
+	case ROUTE_BAD:
+	default:
+		return "unsupported request target";
+	}
+}
+
+static const char *method_name(enum evhttp_cmd_type m)
+{
+	switch (m) {
+	case EVHTTP_REQ_GET:
+		return "GET";
+	case EVHTTP_REQ_POST:
+		return "POST";
+	case EVHTTP_REQ_HEAD:
+		return "HEAD";
+	case EVHTTP_REQ_PUT:
+		return "PUT";
+	case EVHTTP_REQ_DELETE:
+		return "DELETE";
+	case EVHTTP_REQ_OPTIONS:
+		return "OPTIONS";
+	case EVHTTP_REQ_PATCH:
+		return "PATCH";
+	case EVHTTP_REQ_TRACE:
+		return "TRACE";
+	case EVHTTP_REQ_CONNECT:
+		return "CONNECT";
+	}
+	return "?";
+}
+
+/* Bearer credential of the request, or NULL. */
+static const char *bearer_of(const struct evkeyvalq *in, size_t *len)
+{
+	const char *auth = evhttp_find_header(in, "Authorization");
+
+	if (!auth || !util_strncaseeq(auth, "Bearer", 6) || (auth[6] != ' ' && auth[6] != '\0'))
+		return NULL;
+	auth += 6;
+	while (*auth == ' ')
+		auth++;
+	size_t n = strlen(auth);
+	while (n > 0 && auth[n - 1] == ' ')
+		n--;
+	*len = n;
+	return auth;
+}
+
+static int classify(struct proxy_req *p, struct evkeyvalq *in)
+{
+	struct classify_header *hs;
+	size_t n_hs = 0;
+	const struct evkeyval *kv;
+	struct classify_input ci = { 0 };
+	const char *q = strchr(p->target, '?');
+	size_t body_len = evbuffer_get_length(p->body);
+
+	/* Every header the guard let through (at most server.max_headers). */
+	TAILQ_FOREACH(kv, in, next)
+	n_hs++;
+	hs = calloc(n_hs ? n_hs : 1, sizeof(*hs));
+	if (!hs)
+		return -ENOMEM;
+	n_hs = 0;
+	TAILQ_FOREACH(kv, in, next)
+	{
+		hs[n_hs].name = kv->key;
+		hs[n_hs].value = kv->value;
+		n_hs++;
+	}
+	ci.method = p->method_str;
+	ci.path = p->target;
+	ci.path_len = p->path_len;
+	ci.query = q ? q + 1 : NULL;
+	ci.query_len = q ? strlen(q + 1) : 0;
+	ci.headers = hs;
+	ci.n_headers = n_hs;
+	ci.bearer = bearer_of(in, &ci.bearer_len);
+	if (body_len > 0) {
+		/* Only a prefix is looked at: a 100 MB upload is not pulled up whole. */
+		size_t sniff = MIN(body_len, (size_t)CLASSIFY_BODY_SNIFF);
+		ci.body = evbuffer_pullup(p->body, (ev_ssize_t)sniff);
+		ci.body_len = ci.body ? sniff : 0;
+	}
+	ci.is_v1 = p->up == p->px->up_v1;
+	ci.inject = p->px->cfg->server.mode == CONFIG_MODE_INJECT;
+	classify_request(&ci, &p->key);
+	free(hs);
+	return 0;
+}
+
+void request_handle(struct server_conn *conn, struct evhttp_request *req, void *arg)
+{
+	struct proxy *px = arg;
+	const struct config *cfg = px->cfg;
+	struct proxy_req *p;
+	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+	const char *uri = evhttp_request_get_uri(req);
+	const char *path = NULL, *why;
+	unsigned flags = HEADERS_DROP_HOST | HEADERS_DROP_LENGTH | HEADERS_DROP_PROXY_CONTROL |
+	                 HEADERS_DROP_EXPECT;
+
+	p = calloc(1, sizeof(*p));
+	if (!p) {
+		server_send_error(req, 503, "out of memory", true);
+		return;
+	}
+	p->px = px;
+	p->req = req;
+	p->conn = conn;
+	p->id = ++px->next_id;
+	util_strlcpy(p->peer, server_conn_peer(conn), sizeof(p->peer));
+	p->t_start_ns = util_now_ns();
+	p->method = evhttp_request_get_command(req);
+	p->method_str = method_name(p->method);
+	TAILQ_INIT(&p->fwd);
+	TAILQ_INIT(&p->resp);
+	p->in_active = true;
+	TAILQ_INSERT_TAIL(&px->active, p, link);
+	px->n_active++;
+
+	if (p->method == EVHTTP_REQ_CONNECT || p->method == EVHTTP_REQ_TRACE) {
+		answer_error(p, 405, "method not allowed through this proxy", "bad_request");
+		return;
+	}
+	if (!uri || (why = check_target(px, uri, &path)) != NULL) {
+		answer_error(p, 400, uri ? why : "missing request target", "bad_request");
+		return;
+	}
+	if ((why = headers_check_request(in)) != NULL) {
+		answer_error(p, 400, why, "bad_request");
+		return;
+	}
+	p->target = strdup(path);
+	p->body = evbuffer_new();
+	p->resp_body = evbuffer_new();
+	if (!p->target || !p->body || !p->resp_body) {
+		answer_error(p, 503, "out of memory", "internal_error");
+		return;
+	}
+	p->path_len = route_path_len(p->target);
+	p->up = route_is_v1(p->target) ? px->up_v1 : px->up_v2;
+
+	/* The body is ours from here on (moved, not copied): evhttp may free its request when the
+	 * client goes away, and a resend after a 429 needs it whole. */
+	evbuffer_add_buffer(p->body, evhttp_request_get_input_buffer(req));
+
+	if (cfg->server.mode == CONFIG_MODE_INJECT)
+		flags |= HEADERS_DROP_AUTHORIZATION;
+	if (headers_copy(in, &p->fwd, flags) < 0) {
+		answer_error(p, 503, "out of memory", "internal_error");
+		return;
+	}
+	if (p->up == px->up_v2 && !evhttp_find_header(&p->fwd, "Version") &&
+	    *cfg->upstream.default_version)
+		evhttp_add_header(&p->fwd, "Version", cfg->upstream.default_version);
+	if (!evhttp_find_header(&p->fwd, "User-Agent") && *cfg->upstream.user_agent)
+		evhttp_add_header(&p->fwd, "User-Agent", cfg->upstream.user_agent);
+
+	if (classify(p, in) < 0) {
+		answer_error(p, 503, "out of memory", "internal_error");
+		return;
+	}
+
+	/* Told of a hang-up from here until the answer starts, and of a dead connection until the
+	 * final reply call. */
+	p->attached = true;
+	server_conn_attach(conn, on_client_gone, p);
+	p->watching = true;
+	server_conn_watch_close(conn, true);
+
+	struct limiter_verdict v;
+	int64_t deadline = util_now_ms() + cfg->limits.max_wait_ms;
+	if (!p->key.is_counted) {
+		v = (struct limiter_verdict){ .outcome = LIMITER_ADMIT };
+		admitted(p, &v);
+		return;
+	}
+	if (limiter_acquire(px->limiter, &p->key, deadline, false, &p->waiter, on_admitted, p, &v))
+		admitted(p, &v);
+}
+
+int request_proxy_init(struct proxy *px, struct event_base *base)
+{
+	px->base = base;
+	TAILQ_INIT(&px->active);
+	TAILQ_INIT(&px->graveyard);
+	px->sweep = event_new(base, -1, 0, on_sweep, px);
+	return px->sweep ? 0 : -ENOMEM;
+}
+
+void request_proxy_deinit(struct proxy *px)
+{
+	struct proxy_req *p;
+
+	while ((p = TAILQ_FIRST(&px->active))) {
+		p->req = NULL; /* evhttp frees its requests with the server */
+		p->outcome = "shutdown";
+		finish(p);
+	}
+	on_sweep(-1, 0, px);
+	if (px->sweep)
+		event_free(px->sweep);
+	px->sweep = NULL;
+}

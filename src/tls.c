@@ -1,0 +1,101 @@
+/*
+ * tls.c: client TLS contexts and connections for upstreams. See tls.h.
+ *
+ * OpenSSL 3 reports an unexpected EOF (a peer closing without close_notify) as an error;
+ * libevent 2.1.12 predates that, so SSL_OP_IGNORE_UNEXPECTED_EOF restores the old behaviour
+ * (an EOF is then a clean end, and HTTP framing decides whether the body was complete).
+ */
+#include "tls.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+SSL_CTX *tls_client_ctx_new(const char *ca_file, char *err, size_t err_len)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+
+	if (!ctx) {
+		snprintf(err, err_len, "cannot create a TLS context");
+		return NULL;
+	}
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF | SSL_OP_NO_COMPRESSION |
+	                                 SSL_OP_NO_RENEGOTIATION);
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT);
+
+	if (ca_file && *ca_file) {
+		if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1) {
+			unsigned long e = ERR_get_error();
+			snprintf(err, err_len, "cannot load CA file %s: %s", ca_file,
+			         e ? ERR_reason_error_string(e) : "unknown error");
+			ERR_clear_error();
+			SSL_CTX_free(ctx);
+			return NULL;
+		}
+	} else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
+		snprintf(err, err_len, "cannot load the system CA store");
+		ERR_clear_error();
+		SSL_CTX_free(ctx);
+		return NULL;
+	}
+	return ctx;
+}
+
+void tls_client_ctx_free(SSL_CTX *ctx)
+{
+	SSL_CTX_free(ctx);
+}
+
+SSL *tls_client_new(SSL_CTX *ctx, const char *host, bool host_is_ip)
+{
+	SSL *ssl = SSL_new(ctx);
+
+	if (!ssl)
+		return NULL;
+	if (host_is_ip) {
+		/* No SNI for IP literals (RFC 6066 3); check the IP SAN instead. */
+		X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
+		if (X509_VERIFY_PARAM_set1_ip_asc(param, host) != 1)
+			goto fail;
+	} else {
+		if (SSL_set_tlsext_host_name(ssl, host) != 1)
+			goto fail;
+		SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+		if (SSL_set1_host(ssl, host) != 1)
+			goto fail;
+	}
+	SSL_set_verify(ssl, SSL_VERIFY_PEER, NULL);
+	return ssl;
+fail:
+	SSL_free(ssl);
+	return NULL;
+}
+
+bool tls_describe_error(SSL *ssl, struct bufferevent *bev, char *buf, size_t len)
+{
+	long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
+	unsigned long e = 0, last = 0;
+
+	/* Drain the bufferevent's copy of the OpenSSL error queue; keep the last reason. */
+	while (bev && (e = bufferevent_get_openssl_error(bev)) != 0)
+		last = e;
+	if (vr != X509_V_OK) {
+		snprintf(buf, len, "certificate verify failed: %s",
+		         X509_verify_cert_error_string(vr));
+		return true;
+	}
+	if (last) {
+		const char *r = ERR_reason_error_string(last);
+		snprintf(buf, len, "TLS handshake failed: %s", r ? r : "unknown error");
+		return true;
+	}
+	return false;
+}

@@ -1,0 +1,46 @@
+/*
+ * util.h: small helpers every module uses: clocks, bounded string copies, ASCII case
+ * comparisons, and a deferred-free list so nothing is freed while a caller up the stack in this
+ * loop iteration may still touch it.
+ */
+#ifndef GHLPROXY_UTIL_H
+#define GHLPROXY_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#define UNUSED(x)     ((void)(x))
+#define MIN(a, b)     ((a) < (b) ? (a) : (b))
+#define MAX(a, b)     ((a) > (b) ? (a) : (b))
+
+/* CLOCK_MONOTONIC in ns / ms: for every interval and deadline. */
+int64_t util_now_ns(void);
+int64_t util_now_ms(void);
+/* Wall clock (CLOCK_REALTIME) in ms: for dates only (log stamps, token expiry, HTTP-dates). */
+int64_t util_wall_ms(void);
+
+/* Copy at most size-1 bytes and NUL-terminate; returns strlen(src) (truncated if >= size). */
+size_t util_strlcpy(char *dst, const char *src, size_t size);
+
+bool util_strcaseeq(const char *a, const char *b);
+bool util_strncaseeq(const char *a, const char *b, size_t n);
+/* True when s starts with prefix (case-sensitive). */
+bool util_startswith(const char *s, const char *prefix);
+
+/* A malloc that aborts on failure, for small fixed-size allocations at setup time only. */
+void *util_xcalloc(size_t n, size_t size);
+char *util_xstrdup(const char *s);
+
+/* Constant-time comparison of two byte strings (lengths may differ; time depends on b_len). */
+bool util_ct_equal(const void *a, size_t a_len, const void *b, size_t b_len);
+
+/* Read a small secret or text file (<= max bytes), trimming one trailing newline.
+ * Returns 0 and a malloc'd NUL-terminated string, or -errno. */
+int util_read_small_file(const char *path, size_t max, char **out, size_t *out_len);
+
+/* Wipe memory that held a secret before freeing it. */
+void util_wipe_free(void *p, size_t len);
+
+#endif
