@@ -143,6 +143,31 @@ static void ring_push(struct burst_window *b, int64_t t)
 	}
 	b->ring[ring_pos(b, b->len)] = t;
 	b->len++;
+	b->n_recorded++;
+}
+
+/*
+ * When the admitted call actually left (its first byte reached the socket), later than its
+ * admission when a connection had to be opened or the loop was busy: its entry moves to that
+ * time, and any later entry that would now be earlier moves with it, so the ring stays sorted.
+ * Spacing the ring by real sends keeps the guarantee at the upstream's door: what happens in
+ * the proxy between admitting and sending no longer eats into the guard band.
+ */
+void burst_sent(struct burst_window *b, uint64_t ticket, int64_t sent_ms)
+{
+	uint64_t back;
+
+	if (ticket == 0 || ticket > b->n_recorded)
+		return;
+	back = b->n_recorded - ticket; /* 0: the newest entry */
+	if (back >= b->len)
+		return; /* already out of the ring */
+	for (uint32_t i = b->len - 1 - (uint32_t)back; i < b->len; i++) {
+		int64_t *e = &b->ring[ring_pos(b, i)];
+		if (*e >= sent_ms)
+			break;
+		*e = sent_ms;
+	}
 }
 
 void burst_init(struct burst_window *b, uint32_t burst_max, uint32_t window_ms, uint32_t guard_ms)
@@ -152,6 +177,30 @@ void burst_init(struct burst_window *b, uint32_t burst_max, uint32_t window_ms, 
 	b->window_ms = window_ms;
 	b->guard_ms = guard_ms;
 	b->blocked_until_ms = INT64_MIN;
+	b->hl_remaining = -1;
+}
+
+static bool burst_hl_in_force(const struct burst_window *b, int64_t now)
+{
+	return b->hl_remaining >= 0 && now < b->hl_until_ms;
+}
+
+/*
+ * One admission at now spends one of HighLevel's remaining while it is in force. Every path
+ * that records (burst_record, window_record) must spend it, or the budget never runs out.
+ */
+static void burst_spend_hl(struct burst_window *b, int64_t now)
+{
+	if (burst_hl_in_force(b, now) && b->hl_remaining > 0)
+		b->hl_remaining--;
+}
+
+/* The earliest the (k+1)-th admission from now can go by HighLevel's remaining alone. */
+static int64_t burst_hl_earliest(const struct burst_window *b, int64_t now, uint64_t k)
+{
+	if (!burst_hl_in_force(b, now) || k < (uint64_t)b->hl_remaining)
+		return now;
+	return b->hl_until_ms;
 }
 
 void burst_deinit(struct burst_window *b)
@@ -188,6 +237,8 @@ int64_t burst_next_ms(const struct burst_window *b, int64_t now_ms)
 		t = now_ms;
 	if (b->blocked_until_ms > t)
 		t = b->blocked_until_ms;
+	if (burst_hl_earliest(b, now_ms, 0) > t)
+		t = burst_hl_earliest(b, now_ms, 0);
 	return t;
 }
 
@@ -198,15 +249,14 @@ int burst_record(struct burst_window *b, int64_t now_ms)
 	if (rc < 0)
 		return rc;
 	ring_push(b, now_ms);
-	b->seq++;
+	burst_spend_hl(b, now_ms);
 	return 0;
 }
 
-/* Index of the oldest entry that still counts at now (len when none): a binary search. */
-static uint32_t burst_first_counting(const struct burst_window *b, int64_t now)
+/* Index of the oldest admission inside (now - span, now] (len when none): a binary search. */
+static uint32_t burst_first_within(const struct burst_window *b, int64_t now, uint64_t span)
 {
 	uint32_t lo = 0, hi = b->len;
-	uint64_t span = burst_span_ms(b);
 
 	while (lo < hi) {
 		uint32_t mid = lo + (hi - lo) / 2;
@@ -217,6 +267,11 @@ static uint32_t burst_first_counting(const struct burst_window *b, int64_t now)
 			lo = mid + 1;
 	}
 	return lo;
+}
+
+static uint32_t burst_first_counting(const struct burst_window *b, int64_t now)
+{
+	return burst_first_within(b, now, burst_span_ms(b));
 }
 
 uint32_t burst_used(const struct burst_window *b, int64_t now_ms)
@@ -242,27 +297,27 @@ int burst_set_limits(struct burst_window *b, uint32_t burst_max, uint32_t window
 	return 0;
 }
 
-uint32_t burst_reconcile(struct burst_window *b, int64_t now_ms, int64_t remaining, uint64_t seq)
+/*
+ * Why believe `remaining` for a while instead of inferring outside calls from it (recording
+ * N - remaining - used as phantom admissions): HighLevel counts calls by when they reach it, so
+ * near the edge of its interval our own calls may or may not be in its count, and no count of
+ * ours can tell them from outside calls. Replacing the budget on each answer never counts a
+ * call twice; expiring it after valid_ms lets the ring alone rule (and the limiter probe) again.
+ * A budget that is not in force at now (valid_ms <= 0) holds nothing: false.
+ */
+bool burst_reconcile(struct burst_window *b, int64_t now_ms, int64_t remaining, uint32_t uncertain,
+                     int64_t valid_ms)
 {
-	uint64_t later, view, used, believed, k;
+	uint32_t used, n = burst_limit(b);
 
 	if (remaining < 0)
-		return 0;
-	/* Admissions after the answered call: HighLevel may not have counted them yet. */
-	later = b->seq > seq ? b->seq - seq : 0;
-	view = later >= (uint64_t)remaining ? 0 : (uint64_t)remaining - later;
+		return false;
+	b->hl_remaining = remaining > (int64_t)uncertain ? remaining - uncertain : 0;
+	b->hl_until_ms = sat_add(now_ms, valid_ms > 0 ? valid_ms : 0);
+	if (!burst_hl_in_force(b, now_ms))
+		return false;
 	used = burst_used(b, now_ms);
-	believed = burst_limit(b) > used ? burst_limit(b) - used : 0;
-	if (view >= believed)
-		return 0;
-	k = believed - view; /* used + k <= N: pushes only overwrite entries that no longer count */
-	if (ring_reserve(b, (uint32_t)k) < 0) {
-		/* Take what fits: fewer phantoms is less safe, but each one still helps. */
-		k = b->cap > b->len ? b->cap - b->len : 0;
-	}
-	for (uint64_t i = 0; i < k; i++)
-		ring_push(b, now_ms);
-	return (uint32_t)k;
+	return b->hl_remaining < (int64_t)(n > used ? n - used : 0);
 }
 
 void burst_block(struct burst_window *b, int64_t until_ms)
@@ -277,6 +332,8 @@ void burst_trim(struct burst_window *b, int64_t now_ms)
 
 	if (b->blocked_until_ms <= now_ms)
 		b->blocked_until_ms = INT64_MIN;
+	if (b->hl_remaining >= 0 && !burst_hl_in_force(b, now_ms))
+		b->hl_remaining = -1;
 	if (drop) {
 		b->head = b->len > drop ? ring_pos(b, drop) : 0;
 		b->len -= drop;
@@ -294,7 +351,7 @@ void burst_trim(struct burst_window *b, int64_t now_ms)
 
 bool burst_is_idle(const struct burst_window *b, int64_t now_ms)
 {
-	if (b->blocked_until_ms > now_ms)
+	if (b->blocked_until_ms > now_ms || burst_hl_in_force(b, now_ms))
 		return false;
 	return b->len == 0 || !still_counts(ring_at(b, b->len - 1), now_ms, burst_span_ms(b));
 }
@@ -520,7 +577,6 @@ int daily_record(struct daily_window *d, int64_t now_ms, uint32_t count)
 		return rc;
 	daily_add(d, now_ms, count);
 	daily_spend_hl(d, now_ms, count);
-	d->seq += count;
 	return 0;
 }
 
@@ -530,52 +586,19 @@ void daily_set_limit(struct daily_window *d, uint32_t daily_max)
 		d->daily_max = daily_max;
 }
 
-static uint64_t distance_ms(int64_t a, int64_t b)
-{
-	return a >= b ? (uint64_t)a - (uint64_t)b : (uint64_t)b - (uint64_t)a;
-}
-
+/*
+ * Why replace rather than keep the lower of two views, or record the difference as admissions:
+ * every answer's remaining already counts all that HighLevel saw, ours included, so a phantom
+ * recorded per answer counted the same calls again and piled up for a day; and the calls in
+ * flight (`uncertain`) are the only ones it may not have seen, so subtracting them is enough.
+ */
 int daily_reconcile(struct daily_window *d, int64_t now_ms, int64_t remaining, int64_t reset_in_ms,
-                    uint64_t seq)
+                    uint32_t uncertain)
 {
-	uint64_t later, used, believed;
-	int64_t view;
-	int rc;
-
 	if (remaining < 0)
 		return 0;
-	later = d->seq > seq ? d->seq - seq : 0;
-	view = later >= (uint64_t)remaining ? 0 : (int64_t)((uint64_t)remaining - later);
-
-	if (reset_in_ms >= 0) {
-		int64_t reset_at = sat_add(now_ms, reset_in_ms);
-
-		if (daily_hl_in_force(d, now_ms) &&
-		    distance_ms(reset_at, d->hl_reset_at_ms) <= (uint64_t)WINDOW_RESET_SLACK_MS) {
-			/* The same day as we know: only ever lower, and wait for the later
-			 * estimate. */
-			if (view < d->hl_remaining)
-				d->hl_remaining = view;
-			if (reset_at > d->hl_reset_at_ms)
-				d->hl_reset_at_ms = reset_at;
-		} else {
-			d->hl_remaining = view;
-			d->hl_reset_at_ms = reset_at;
-		}
-		return 0;
-	}
-
-	if (daily_hl_in_force(d, now_ms) && view < d->hl_remaining)
-		d->hl_remaining = view;
-	used = daily_used(d, now_ms);
-	believed = daily_limit(d) > used ? daily_limit(d) - used : 0;
-	if ((uint64_t)view >= believed)
-		return 0;
-	rc = daily_reserve(d, now_ms);
-	if (rc < 0)
-		return rc;
-	/* Recorded at now: they expire later than the real ones did, the safe side. */
-	daily_add(d, now_ms, (uint32_t)(believed - (uint64_t)view));
+	d->hl_remaining = remaining > (int64_t)uncertain ? remaining - (int64_t)uncertain : 0;
+	d->hl_reset_at_ms = sat_add(now_ms, reset_in_ms >= 0 ? reset_in_ms : WINDOW_DAY_MS);
 	return 0;
 }
 
@@ -634,6 +657,7 @@ struct window_verdict window_check(const struct burst_window *b, const struct da
 
 	if (b) {
 		verdict_consider(&v, WINDOW_BURST, burst_window_earliest(b, now_ms));
+		verdict_consider(&v, WINDOW_BURST, burst_hl_earliest(b, now_ms, 0));
 		verdict_consider(&v, WINDOW_BLOCKED, b->blocked_until_ms);
 	}
 	if (d) {
@@ -652,12 +676,228 @@ int window_record(struct burst_window *b, struct daily_window *d, int64_t now_ms
 		return -ENOMEM;
 	if (b) {
 		ring_push(b, now_ms);
-		b->seq++;
+		burst_spend_hl(b, now_ms);
 	}
 	if (d) {
 		daily_add(d, now_ms, 1);
 		daily_spend_hl(d, now_ms, 1);
-		d->seq++;
 	}
 	return 0;
+}
+
+/* ---- slots further ahead ---- */
+
+/*
+ * Both rules, k admissions ahead, written as recurrences over f_j, the time of the (j+1)-th
+ * admission from now when each goes at its earliest (f_{-1} = now): f_j = max(f_{j-1}, the
+ * block(s), what the burst ring asks, what the daily window asks). Proofs are in the comments;
+ * tests/unit/test_window.c checks them against that simulation over random states.
+ */
+
+/* t + q * span_ms, saturating at INT64_MAX ("never"). */
+static int64_t add_rounds(int64_t t, uint64_t q, uint64_t span_ms)
+{
+	if (!q || !span_ms)
+		return t;
+	if (q > (uint64_t)INT64_MAX / span_ms)
+		return INT64_MAX;
+	return sat_add(t, (int64_t)(q * span_ms));
+}
+
+/*
+ * The burst ring alone. Let m = min(len, N) entries a_0 <= ... <= a_{m-1} (oldest first) still be
+ * able to hold one back, L = a_{m-1} the newest, span = W + guard. f_j must be >= the entry N
+ * places before it in the ring, plus span.
+ * - j < N: that entry is a_{j-(N-m)} (none when j < N - m). a is sorted, so
+ *       f_j = X_j = max(now, block, a_{j-(N-m)} + span), non-decreasing in j.
+ * - j >= N: it is future admission j - N as RECORDED, max(f_{j-N}, L): ring_push moves a record
+ *   earlier than the newest entry up to it (now_ms may be before L after a clock went back). So
+ *   f_j = max(f_{j-1}, max(f_{j-N}, L) + span). With R_i = max(X_i, L) non-decreasing and
+ *   X_{N-1} <= R_0 + span (X_{N-1} is max(now, block, L + span)), induction on rounds gives
+ *       f_k = max(X_{k mod N}, L) + (k / N) * span.
+ * k = 0 gives burst_next_ms.
+ */
+static int64_t burst_first_round(const struct burst_window *b, int64_t now, uint32_t j)
+{
+	uint32_t n = burst_limit(b), m = b->len < n ? b->len : n;
+	int64_t x = now;
+
+	if (j >= n - m) {
+		int64_t t =
+		        sat_add(ring_at(b, b->len - m + (j - (n - m))), (int64_t)burst_span_ms(b));
+
+		if (t > x)
+			x = t;
+	}
+	if (b->blocked_until_ms > x)
+		x = b->blocked_until_ms;
+	return x;
+}
+
+static int64_t burst_ring_slot_ms(const struct burst_window *b, int64_t now_ms, uint64_t k)
+{
+	uint32_t n = burst_limit(b);
+	uint64_t rounds = k / n;
+	int64_t x = burst_first_round(b, now_ms, (uint32_t)(k % n));
+
+	if (!rounds)
+		return x;
+	if (b->len > 0 && ring_at(b, b->len - 1) > x)
+		x = ring_at(b, b->len - 1);
+	return add_rounds(x, rounds, burst_span_ms(b));
+}
+
+/*
+ * HighLevel's remaining h, in force until U, holds the (i+1)-th admission for i >= h until U: a
+ * step term like the daily ones, which the ring then spaces: for k >= h the (k+1)-th goes no
+ * earlier than U + ((k - h) / N) * span (the smallest such i, h, is the tightest).
+ */
+int64_t burst_slot_ms(const struct burst_window *b, int64_t now_ms, uint64_t k)
+{
+	int64_t x = burst_ring_slot_ms(b, now_ms, k);
+
+	if (burst_hl_in_force(b, now_ms) && k >= (uint64_t)b->hl_remaining) {
+		uint64_t h = (uint64_t)b->hl_remaining;
+		int64_t t = add_rounds(b->hl_until_ms, (k - h) / burst_limit(b), burst_span_ms(b));
+		if (t > x)
+			x = t;
+	}
+	return x;
+}
+
+/*
+ * The daily window asks f_i >= D_i, a non-decreasing step function of i alone:
+ *     D_i = max(now, block, C_i, H_i).
+ * C_i, the count: the i admissions before it are made at or after now, in a bucket no older than
+ * the newest held, so none of them stops counting before every bucket held at now has. Until
+ * then the (i+1)-th needs used + i + 1 <= D, so C_i = now while used + i < D, else the end of the
+ * bucket at which the counts freed (oldest first) reach used + i + 1 - D. Those buckets hold
+ * `used`, so C_i is defined for every i < D; for i >= D one of ours must stop counting first,
+ * more than a day after it was made: INT64_MAX. H_i, HighLevel's remaining h (in force until its
+ * reset R): each admission before R spends one, so H_i = R for i >= h.
+ * Neither depends on when the earlier admissions went, only on how many: the daily window alone
+ * admits the (k+1)-th at D_k. Next to a burst ring of N spacing admissions N apart by span, the
+ * recurrence f_j = max(f_{j-1}, Y_j, f_{j-N} + span) (Y_j the burst terms and D_j) unrolls to
+ * f_k = max over i <= k of Y_i + floor((k - i) / N) * span; the burst terms give burst_slot_ms,
+ * and the daily ones
+ *     max over i in {k, k - N, k - 2N, ...} of D_i + ((k - i) / N) * span,
+ * since on a run of equal D_i the smallest such i is best. That is what this walk returns
+ * (n = 0: no ring, D_k alone), in O(buckets held).
+ */
+struct daily_walk {
+	int64_t k;       /* < D, so every index fits */
+	uint32_t n;      /* burst N, 0: no burst ring */
+	uint64_t span;   /* burst W + guard */
+	int64_t floor;   /* max(now, daily block) */
+	int64_t hl_from; /* H_i = hl_reset for i >= hl_from; -1: HighLevel's view not in force */
+	int64_t hl_reset;
+	int64_t best;
+};
+
+/* The run i in [lo, hi) (0 <= lo < hi <= k + 1) where D_i is v (after the HighLevel split). */
+static void walk_piece(struct daily_walk *w, int64_t lo, int64_t hi, int64_t v)
+{
+	int64_t i;
+
+	if (v < w->floor)
+		v = w->floor;
+	if (w->n == 0) {
+		if (hi <= w->k)
+			return;
+		i = w->k;
+	} else {
+		i = lo + (w->k - lo) % w->n;
+		if (i >= hi)
+			return;
+	}
+	v = w->n ? add_rounds(v, (uint64_t)(w->k - i) / w->n, w->span) : v;
+	if (v > w->best)
+		w->best = v;
+}
+
+/* The run i in [lo, hi) where the count alone gives v: clamp to [0, k] and split at hl_from. */
+static void walk_run(struct daily_walk *w, int64_t lo, int64_t hi, int64_t v)
+{
+	int64_t h = w->hl_from;
+
+	if (lo < 0)
+		lo = 0;
+	if (hi > w->k + 1)
+		hi = w->k + 1;
+	if (lo >= hi)
+		return;
+	if (h < 0 || hi <= h) {
+		walk_piece(w, lo, hi, v);
+		return;
+	}
+	if (lo < h)
+		walk_piece(w, lo, h, v);
+	walk_piece(w, lo < h ? h : lo, hi, v > w->hl_reset ? v : w->hl_reset);
+}
+
+static int64_t daily_walk_ms(const struct daily_window *d, int64_t now, uint64_t k, uint32_t n,
+                             uint64_t span)
+{
+	uint64_t lim = daily_limit(d);
+	struct daily_walk w = {
+		.n = n, .span = span, .floor = now, .hl_from = -1, .best = INT64_MIN
+	};
+	int64_t edge;
+
+	if (k >= lim)
+		return INT64_MAX;
+	w.k = (int64_t)k;
+	if (d->blocked_until_ms > w.floor)
+		w.floor = d->blocked_until_ms;
+	if (daily_hl_in_force(d, now)) {
+		w.hl_from = d->hl_remaining;
+		w.hl_reset = d->hl_reset_at_ms;
+	}
+	/* used < 2^32 * 289 and lim < 2^33: the run edges fit int64. */
+	edge = (int64_t)lim - (int64_t)daily_used(d, now);
+	walk_run(&w, 0, edge, now);
+	for (uint32_t i = daily_n_expired(d, now); i < d->len && edge <= w.k; i++) {
+		const struct daily_bucket *bk = deque_at(d, i);
+
+		walk_run(&w, edge, edge + bk->count, bucket_end_ms(bk->idx));
+		edge += bk->count;
+	}
+	return w.best;
+}
+
+int64_t daily_slot_ms(const struct daily_window *d, int64_t now_ms, uint64_t k)
+{
+	return daily_walk_ms(d, now_ms, k, 0, 0);
+}
+
+struct window_verdict window_slot(const struct burst_window *b, const struct daily_window *d,
+                                  int64_t now_ms, uint64_t k)
+{
+	struct window_verdict v = { .scope = WINDOW_OK, .earliest_ms = now_ms };
+	int64_t t_daily = INT64_MIN, t;
+
+	if (b) {
+		t = burst_slot_ms(b, now_ms, k);
+		if (t > v.earliest_ms)
+			v.earliest_ms = t;
+	}
+	if (d) {
+		t_daily = daily_slot_ms(d, now_ms, k);
+		/* With a ring, a daily wait also pushes back the admissions spaced after it. */
+		t = b ? daily_walk_ms(d, now_ms, k, burst_limit(b), burst_span_ms(b)) : t_daily;
+		if (t > v.earliest_ms)
+			v.earliest_ms = t;
+	}
+	t = v.earliest_ms;
+	if (t == now_ms)
+		v.scope = WINDOW_OK;
+	else if (d && d->blocked_until_ms == t)
+		v.scope = WINDOW_BLOCKED_DAY;
+	else if (d && t_daily == t)
+		v.scope = WINDOW_DAILY;
+	else if (b && b->blocked_until_ms == t)
+		v.scope = WINDOW_BLOCKED;
+	else
+		v.scope = WINDOW_BURST;
+	return v;
 }
