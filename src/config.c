@@ -1921,7 +1921,9 @@ static void check_rules(struct loader *ld)
 			for (q = c->server.listen; *q;) {
 				size_t m = strcspn(q, ",");
 
-				if (m == n && memcmp(p, q, n) == 0)
+				/* Port 0 means "any free port": two of them never collide. */
+				bool any_port = n >= 2 && p[n - 2] == ':' && p[n - 1] == '0';
+				if (m == n && memcmp(p, q, n) == 0 && !any_port)
 					add_error(ld, rule_where(ld, admin, listen),
 					          "server.admin_listen: '%.*s' is also in "
 					          "server.listen",

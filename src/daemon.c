@@ -22,6 +22,7 @@
 #include <event2/event.h>
 #include <openssl/ssl.h>
 
+#include "admin.h"
 #include "build_config.h"
 #include "config.h"
 #include "limiter.h"
@@ -42,6 +43,7 @@ struct daemon {
 	const struct daemon_args *args;
 	struct proxy px;
 	struct server *srv;
+	struct admin *admin;
 	struct event *ev_hup, *ev_term, *ev_int, *ev_drain;
 	int64_t drain_deadline_ms;
 	bool draining;
@@ -102,7 +104,7 @@ static struct upstream *make_upstream(struct daemon *d, const char *url, const c
 
 static void notify_status(struct daemon *d, const char *prefix)
 {
-	char buf[512];
+	char buf[1536];
 
 	snprintf(buf, sizeof(buf), "%sSTATUS=%s; %u requests in flight, %u waiting\n", prefix,
 	         d->draining ? "draining" : "serving", d->px.n_active,
@@ -122,6 +124,7 @@ static void apply_config(struct daemon *d, struct config *cfg)
 	server_limits_from_config(&lim, cfg);
 	server_set_limits(d->srv, &lim);
 	limiter_set_config(d->px.limiter, cfg);
+	admin_set_config(d->admin, cfg);
 	d->px.cfg = cfg;
 }
 
@@ -205,6 +208,8 @@ static struct event_base *make_base(void)
 		return NULL;
 	/* EV_CLOSED (epoll's EPOLLRDHUP) lets a waiting request notice its client hanging up. */
 	event_config_require_features(ec, EV_FEATURE_EARLY_CLOSE);
+	/* Key wake-ups are what admission precision rests on: timerfd, not epoll's ms rounding. */
+	event_config_set_flag(ec, EVENT_BASE_FLAG_PRECISE_TIMER);
 	base = event_base_new_with_config(ec);
 	event_config_free(ec);
 	if (!base)
@@ -256,6 +261,12 @@ int daemon_run(struct config *cfg, const struct daemon_args *args)
 		goto out;
 	}
 
+	d.admin = admin_new(d.base, cfg, &d.px, d.srv, err, sizeof(err));
+	if (!d.admin && err[0]) {
+		log_error("server.admin_listen: %s", err);
+		goto out;
+	}
+
 	d.ev_hup = evsignal_new(d.base, SIGHUP, on_hup, &d);
 	d.ev_term = evsignal_new(d.base, SIGTERM, on_term, &d);
 	d.ev_int = evsignal_new(d.base, SIGINT, on_term, &d);
@@ -267,22 +278,25 @@ int daemon_run(struct config *cfg, const struct daemon_args *args)
 	event_add(d.ev_int, NULL);
 
 	log_fields(LOG_INFO, "listening",
-	           (struct log_field[]){ LOG_STR("version", GHLPROXY_VERSION),
-	                                 LOG_STR("listen", server_addresses(d.srv)),
-	                                 LOG_STR("mode", cfg->server.mode == CONFIG_MODE_INJECT
-	                                                         ? "inject"
-	                                                         : "passthrough"),
-	                                 LOG_STR("upstream", cfg->upstream.url) },
-	           4);
+	           (struct log_field[]){
+	                   LOG_STR("version", GHLPROXY_VERSION),
+	                   LOG_STR("listen", server_addresses(d.srv)),
+	                   LOG_STR("admin", admin_addresses(d.admin)),
+	                   LOG_STR("mode", cfg->server.mode == CONFIG_MODE_INJECT ? "inject"
+	                                                                          : "passthrough"),
+	                   LOG_STR("upstream", cfg->upstream.url),
+	           },
+	           5);
 	char ready[1024];
-	snprintf(ready, sizeof(ready), "READY=1\nMAINPID=%ld\nX_GHLPROXY_LISTEN=%s\n",
-	         (long)getpid(), server_addresses(d.srv));
-	daemon_notify(ready);
-	notify_status(&d, "");
+	snprintf(ready, sizeof(ready),
+	         "READY=1\nMAINPID=%ld\nX_GHLPROXY_LISTEN=%s\nX_GHLPROXY_ADMIN=%s\n",
+	         (long)getpid(), server_addresses(d.srv), admin_addresses(d.admin));
+	notify_status(&d, ready);
 
 	event_base_dispatch(d.base);
 	rc = 0;
 out:
+	admin_free(d.admin);
 	if (d.srv)
 		server_free(d.srv);
 	if (px_ready)

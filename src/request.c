@@ -40,6 +40,7 @@
 #include "headers.h"
 #include "limiter.h"
 #include "log.h"
+#include "metrics.h"
 #include "ratelimit_headers.h"
 #include "route.h"
 #include "server.h"
@@ -86,6 +87,10 @@ struct proxy_req {
 	int64_t t_sent_ns;
 	int64_t t_head_ns;
 	int64_t wait_ms;
+	int64_t deadline_ms; /* admission deadline: limits.max_wait or the client's X-GHL-Max-Wait
+	                      */
+	int n_sends;         /* upstream exchanges so far (a 429'd one may be sent again) */
+	bool resend_on_429;  /* this answer is a 429 to absorb if the deadline allows */
 	uint64_t bytes_out;
 	bool in_active;
 	bool attached; /* to its server_conn: told if the connection dies */
@@ -96,6 +101,7 @@ struct proxy_req {
 };
 
 static void send_upstream(struct proxy_req *p);
+static void resend_after_429(struct proxy_req *p);
 
 /* ---- lifetime ---- */
 
@@ -129,8 +135,7 @@ static void retire(struct proxy_req *p)
 		server_conn_detach(p->conn);
 	p->attached = false;
 	p->watching = false;
-	if (p->waiter.queued)
-		limiter_cancel(&p->waiter);
+	limiter_cancel(&p->waiter); /* leaves the queue and lets go of the keys */
 	if (p->x) {
 		upstream_cancel(p->x);
 		p->x = NULL;
@@ -170,11 +175,38 @@ static void log_line(struct proxy_req *p)
 	log_fields(LOG_INFO, "request", f, (int)ARRAY_SIZE(f));
 }
 
+static void count_outcome(const struct proxy_req *p)
+{
+	static const struct {
+		const char *outcome;
+		enum metric_id id;
+	} map[] = {
+		{ "rejected_burst", M_REQ_REJECTED_BURST },
+		{ "rejected_daily", M_REQ_REJECTED_DAILY },
+		{ "queue_full", M_REQ_QUEUE_FULL },
+		{ "upstream_error", M_REQ_UPSTREAM_ERROR },
+		{ "client_gone", M_REQ_CLIENT_GONE },
+		{ "bad_request", M_REQ_BAD_REQUEST },
+		{ "unavailable", M_REQ_UNAVAILABLE },
+		{ "unauthorized", M_REQ_UNAUTHORIZED },
+		{ "shutdown", M_REQ_SHUTDOWN },
+	};
+	enum metric_id id = M_REQ_FORWARDED;
+
+	for (size_t i = 0; p->outcome && i < ARRAY_SIZE(map); i++)
+		if (strcmp(p->outcome, map[i].outcome) == 0)
+			id = map[i].id;
+	metrics_inc(id);
+	if (p->waiter.enqueued_ms && p->wait_ms > 0)
+		metrics_inc(M_REQ_QUEUED);
+}
+
 /* The request is answered (or abandoned): log it once and retire it. */
 static void finish(struct proxy_req *p)
 {
 	if (p->state == RS_DONE)
 		return;
+	count_outcome(p);
 	log_line(p);
 	p->req = NULL;
 	retire(p);
@@ -322,11 +354,17 @@ static int on_up_head(struct upstream_exchange *x, int status, const char *reaso
 
 	p->t_head_ns = util_now_ns();
 	p->status = status;
+	metrics_upstream_status(status);
+	metrics_observe(H_UPSTREAM_LATENCY, (double)(p->t_head_ns - p->t_sent_ns) / 1e6);
 	util_strlcpy(p->reason, reason && *reason ? reason : server_reason(status),
 	             sizeof(p->reason));
 	ratelimit_headers_parse(headers, util_wall_ms(), &ri);
-	if (p->key.is_counted)
-		limiter_feedback(p->px->limiter, &p->key, &p->waiter, status, &ri);
+	if (p->key.is_counted) {
+		limiter_feedback(p->px->limiter, &p->waiter, status, &ri);
+		/* A 429 was not executed: send it again when admitted, if the deadline allows.
+		 * Its answer is kept meanwhile, to pass on if it cannot be. */
+		p->resend_on_429 = status == 429 && util_now_ms() < p->deadline_ms;
+	}
 
 	/* End-to-end headers only. Content-Length stays when it frames the body we pass on
 	 * untouched; with Transfer-Encoding present it is a lie and goes. */
@@ -360,6 +398,10 @@ static void on_up_done(struct upstream_exchange *x, enum upstream_result r, cons
 	struct proxy_req *p = arg;
 
 	p->x = NULL;
+	if (r == UPSTREAM_OK && p->resend_on_429 && p->state == RS_BUFFERING) {
+		resend_after_429(p);
+		return;
+	}
 	if (r == UPSTREAM_OK) {
 		if (p->state == RS_STREAMING) {
 			stream_out(p);
@@ -373,6 +415,7 @@ static void on_up_done(struct upstream_exchange *x, enum upstream_result r, cons
 		return;
 	}
 
+	metrics_inc(M_UP_ERRORS);
 	log_fields(LOG_WARNING, "upstream error",
 	           (struct log_field[]){ LOG_NUM("id", p->id),
 	                                 LOG_STR("error", upstream_result_str(r)),
@@ -409,7 +452,16 @@ static void on_up_done(struct upstream_exchange *x, enum upstream_result r, cons
 	answer_error(p, status, msg, "upstream_error");
 }
 
+static void on_up_sent(struct upstream_exchange *x, void *arg)
+{
+	struct proxy_req *p = arg;
+
+	if (p->key.is_counted)
+		limiter_sent(p->px->limiter, &p->waiter);
+}
+
 static const struct upstream_cbs up_cbs = {
+	.on_sent = on_up_sent,
 	.on_head = on_up_head,
 	.on_body = on_up_body,
 	.on_done = on_up_done,
@@ -424,6 +476,14 @@ static void send_upstream(struct proxy_req *p)
 		.body = p->body,
 	};
 
+	if (p->n_sends++ > 0) {
+		/* A resend: forget the absorbed 429. */
+		metrics_inc(M_UP_RESENT);
+		evhttp_clear_headers(&p->resp);
+		evbuffer_drain(p->resp_body, evbuffer_get_length(p->resp_body));
+		p->resend_on_429 = false;
+		p->t_head_ns = 0;
+	}
 	p->state = RS_UPSTREAM;
 	p->t_sent_ns = util_now_ns();
 	p->x = upstream_send(p->up, &rq, &up_cbs, p);
@@ -435,22 +495,91 @@ static void send_upstream(struct proxy_req *p)
 
 static void on_admitted(struct limiter_waiter *w, const struct limiter_verdict *v, void *arg);
 
+static void set_header_num(struct evkeyvalq *h, const char *name, int64_t v)
+{
+	char buf[24];
+
+	if (v < 0)
+		return;
+	snprintf(buf, sizeof(buf), "%lld", (long long)v);
+	evhttp_remove_header(h, name);
+	evhttp_add_header(h, name, buf);
+}
+
+/*
+ * The proxy's own 429 (and 503 when full): Retry-After in whole seconds, rounded up; the
+ * X-RateLimit-* headers of the scope, as HighLevel would send them, so clients (the official
+ * SDK) tell burst from daily the same way; and a JSON body saying which and for how long.
+ */
+static void answer_limited(struct proxy_req *p, int status, const struct limiter_verdict *v,
+                           const char *message, const char *outcome)
+{
+	bool daily = v->scope == WINDOW_DAILY || v->scope == WINDOW_BLOCKED_DAY;
+	int64_t retry_ms = v->retry_after_ms > 0 ? v->retry_after_ms : 1000;
+	char buf[512];
+
+	detach(p);
+	p->status = status;
+	p->outcome = outcome;
+	if (!p->req) {
+		finish(p);
+		return;
+	}
+	struct evkeyvalq *out = evhttp_request_get_output_headers(p->req);
+	struct evbuffer *body = evbuffer_new();
+	set_header_num(out, "Retry-After", (retry_ms + 999) / 1000);
+	set_header_num(out, "X-RateLimit-Max", v->limit);
+	set_header_num(out, "X-RateLimit-Remaining", v->remaining);
+	set_header_num(out, "X-RateLimit-Interval-Milliseconds", v->interval_ms);
+	set_header_num(out, "X-RateLimit-Limit-Daily", v->daily_limit);
+	set_header_num(out, "X-RateLimit-Daily-Remaining", v->daily_remaining);
+	set_header_num(out, "X-RateLimit-Daily-Reset", v->daily_reset_ms);
+	add_proxy_headers(p, out);
+	evhttp_add_header(out, "Content-Type", "application/json");
+	snprintf(buf, sizeof(buf),
+	         "{\"statusCode\":%d,\"message\":\"%s\",\"scope\":\"%s\",\"retryAfterMs\":%lld}",
+	         status, message, daily ? "daily" : "burst", (long long)retry_ms);
+	if (body)
+		evbuffer_add(body, buf, strlen(buf));
+	evhttp_send_reply(p->req, status, server_reason(status), body);
+	p->bytes_out = strlen(buf);
+	if (body)
+		evbuffer_free(body);
+	finish(p);
+}
+
 static void admitted(struct proxy_req *p, const struct limiter_verdict *v)
 {
 	p->t_admitted_ns = util_now_ns();
-	p->wait_ms = (p->t_admitted_ns - p->t_start_ns) / 1000000;
+	if (p->n_sends == 0) {
+		p->wait_ms = (p->t_admitted_ns - p->t_start_ns) / 1000000;
+		metrics_observe(H_QUEUE_WAIT, (double)(p->t_admitted_ns - p->t_start_ns) / 1e6);
+	}
 	switch (v->outcome) {
 	case LIMITER_ADMIT:
 		send_upstream(p);
 		return;
+	case LIMITER_REJECT: {
+		bool daily = v->scope == WINDOW_DAILY || v->scope == WINDOW_BLOCKED_DAY;
+		if (p->status == 429 && p->resend_on_429) {
+			/* HighLevel's own 429 stands: pass it on as it came. */
+			reply_whole(p);
+			return;
+		}
+		answer_limited(p, 429, v,
+		               daily ? "daily rate limit: no budget before this request's deadline"
+		                     : "burst rate limit: no slot before this request's deadline",
+		               daily ? "rejected_daily" : "rejected_burst");
+		return;
+	}
 	case LIMITER_QUEUE_FULL:
-		answer_error(p, 503, "the proxy's queue is full", "queue_full");
+		answer_limited(p, 503, v, "the proxy's queue for this key is full", "queue_full");
+		return;
+	case LIMITER_SHUTDOWN:
+		answer_limited(p, 503, v, "the proxy is shutting down", "shutdown");
 		return;
 	case LIMITER_UNAVAILABLE:
-		answer_error(p, 503, "the shared rate limiter is unavailable", "unavailable");
-		return;
-	case LIMITER_REJECT:
-		answer_error(p, 429, "rate limit", "rejected");
+		answer_limited(p, 503, v, "the shared rate limiter is unavailable", "unavailable");
 		return;
 	}
 }
@@ -458,6 +587,37 @@ static void admitted(struct proxy_req *p, const struct limiter_verdict *v)
 static void on_admitted(struct limiter_waiter *w, const struct limiter_verdict *v, void *arg)
 {
 	admitted(arg, v);
+}
+
+/* An upstream 429 blocked the key; this request goes back to the head of its queue. */
+static void resend_after_429(struct proxy_req *p)
+{
+	struct limiter_verdict v;
+
+	p->state = RS_ADMITTING;
+	if (p->req) {
+		p->watching = true;
+		server_conn_watch_close(p->conn, true);
+	}
+	if (limiter_acquire(p->px->limiter, &p->key, p->deadline_ms, true, &p->waiter, on_admitted,
+	                    p, &v))
+		admitted(p, &v);
+}
+
+/* The client's X-GHL-Max-Wait (ms), when it is a plain number. */
+static int64_t client_max_wait_ms(const struct evkeyvalq *in)
+{
+	const char *s = evhttp_find_header(in, "X-GHL-Max-Wait");
+	int64_t v = 0;
+
+	if (!s || !*s)
+		return -1;
+	for (; *s; s++) {
+		if (*s < '0' || *s > '9' || v > 86400000)
+			return -1;
+		v = v * 10 + (*s - '0');
+	}
+	return v;
 }
 
 /* ---- intake ---- */
@@ -651,13 +811,17 @@ void request_handle(struct server_conn *conn, struct evhttp_request *req, void *
 	server_conn_watch_close(conn, true);
 
 	struct limiter_verdict v;
-	int64_t deadline = util_now_ms() + cfg->limits.max_wait_ms;
+	int64_t max_wait = cfg->limits.max_wait_ms, client_wait = client_max_wait_ms(in);
+	if (client_wait >= 0 && client_wait < max_wait)
+		max_wait = client_wait;
+	p->deadline_ms = util_now_ms() + max_wait;
 	if (!p->key.is_counted) {
 		v = (struct limiter_verdict){ .outcome = LIMITER_ADMIT };
 		admitted(p, &v);
 		return;
 	}
-	if (limiter_acquire(px->limiter, &p->key, deadline, false, &p->waiter, on_admitted, p, &v))
+	if (limiter_acquire(px->limiter, &p->key, p->deadline_ms, false, &p->waiter, on_admitted, p,
+	                    &v))
 		admitted(p, &v);
 }
 

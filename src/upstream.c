@@ -431,6 +431,8 @@ static void on_output_drained(struct evbuffer *buf, const struct evbuffer_cb_inf
 	if (info->n_deleted == 0 || !x || x->started)
 		return;
 	x->started = true;
+	if (x->cbs->on_sent && !x->cancelled)
+		x->cbs->on_sent(x, x->arg);
 	if (c->n_exchanges == 1) {
 		/* Connected: TLS records and HTTP pieces go out at once, not behind delayed ACKs.
 		 */

@@ -54,6 +54,8 @@ struct upstream_cbs {
 	/* The response head. Return 0 to take the body, < 0 to stop (on_done: ERR_ABORTED). */
 	int (*on_head)(struct upstream_exchange *x, int status, const char *reason,
 	               struct evkeyvalq *headers, void *arg);
+	/* Optional: the request's first byte reached the socket (connected, TLS done). */
+	void (*on_sent)(struct upstream_exchange *x, void *arg);
 	/* A piece of the body; drain what you take (what is left is dropped). */
 	void (*on_body)(struct upstream_exchange *x, struct evbuffer *piece, void *arg);
 	/* Once. `detail` explains an error for the log (never a secret), or NULL. */
