@@ -70,7 +70,7 @@ static void write_conf(struct fixture *f, const struct fixture_opts *o)
 	snprintf(conf, sizeof(conf),
 	         "[server]\n"
 	         "listen = 127.0.0.1:0\n"
-	         "admin_listen =\n"
+	         "admin_listen = 127.0.0.1:0\n"
 	         "\n"
 	         "[upstream]\n"
 	         "url = %s://%s:%d\n"
@@ -82,6 +82,11 @@ static void write_conf(struct fixture *f, const struct fixture_opts *o)
 	         "%s\n",
 	         scheme, uh, port, scheme, uh, port_v1, f->dir,
 	         o->wrong_ca ? "other-ca.pem" : "srv-ca.pem", o->proxy_conf ? o->proxy_conf : "");
+	if (!o->proxy_conf || !strstr(o->proxy_conf, "[limits]")) {
+		/* Forwarding tests: the limiter must not be what they measure. */
+		strncat(conf, "[limits]\nburst = 1000000\nwindow = 1s\n",
+		        sizeof(conf) - strlen(conf) - 1);
+	}
 	cr_assert_eq(harness_write_file(f->dir, "ghlproxy.conf", conf), 0);
 	snprintf(f->conf_path, sizeof(f->conf_path), "%s/ghlproxy.conf", f->dir);
 }
@@ -103,6 +108,9 @@ int fixture_start_proxy(struct fixture *f, char *const *extra_env)
 		*comma = '\0';
 	snprintf(f->proxy_addr, sizeof(f->proxy_addr), "%s", listen);
 	free(listen);
+	char *admin = harness_notify_var(f->proxy, "X_GHLPROXY_ADMIN");
+	snprintf(f->admin_addr, sizeof(f->admin_addr), "%s", admin ? admin : "");
+	free(admin);
 	return 0;
 }
 
@@ -177,4 +185,28 @@ void fixture_mock_reset(const char *mock_addr)
 
 	httpc_request(mock_addr, "POST", "/__mock/reset", NULL, NULL, 0, &r, 10000);
 	httpc_response_free(&r);
+}
+
+double fixture_metric(const struct fixture *f, const char *series)
+{
+	struct httpc_response r = { 0 };
+	double v = -1;
+	size_t n = strlen(series);
+
+	if (httpc_request(f->admin_addr, "GET", "/metrics", NULL, NULL, 0, &r, 10000) < 0 ||
+	    r.status != 200) {
+		httpc_response_free(&r);
+		return -1;
+	}
+	for (const char *line = (const char *)r.body; line && *line;) {
+		if (strncmp(line, series, n) == 0 && line[n] == ' ') {
+			v = strtod(line + n + 1, NULL);
+			break;
+		}
+		line = strchr(line, '\n');
+		if (line)
+			line++;
+	}
+	httpc_response_free(&r);
+	return v;
 }

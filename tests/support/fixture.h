@@ -12,7 +12,8 @@
 struct fixture_opts {
 	bool plain_http;        /* mock upstreams without TLS */
 	const char *mock_args;  /* extra mock arguments, space-separated */
-	const char *proxy_conf; /* extra config text appended to the generated file */
+	const char *proxy_conf; /* extra config text appended to the generated file; unless it
+	                         * has a [limits] section, limits are set too high to bind */
 	const char
 	        *cert_names; /* names in the mock's certificate (default "localhost,127.0.0.1") */
 	const char *upstream_host; /* host the proxy uses for the mocks (default "localhost") */
@@ -31,6 +32,7 @@ struct fixture {
 	char mock_ctl[64]; /* the mock's plain-HTTP control address (/__mock/...) */
 	char mock_v1_ctl[64];
 	char proxy_addr[128];
+	char admin_addr[128]; /* the proxy's admin listener */
 	char conf_path[256];
 };
 
@@ -49,6 +51,9 @@ void fixture_stop(struct fixture *f);
 /* The mock's request log as a JSON text (GET /__mock/log?since=K), from its control address
  * (fx.mock_ctl). Caller frees. */
 char *fixture_mock_log(const char *mock_addr, int since);
+
+/* Value of one sample in the proxy's /metrics ("family{labels}" or "family"); -1 if absent. */
+double fixture_metric(const struct fixture *f, const char *series);
 
 /* Number of requests the mock recorded. */
 int fixture_mock_count(const char *mock_addr);
