@@ -13,12 +13,28 @@
 #include <time.h>
 #include <unistd.h>
 
+/*
+ * A test hook: GHLPROXY_TEST_CLOCK_SKEW_MS shifts both clocks of this process, so a test can show
+ * that a proxy whose clock disagrees with the others' changes nothing when they share Redis (the
+ * shared limiter uses Redis' clock only). Read once.
+ */
+static int64_t clock_skew_ns(void)
+{
+	static int64_t skew = INT64_MIN;
+
+	if (skew == INT64_MIN) {
+		const char *s = getenv("GHLPROXY_TEST_CLOCK_SKEW_MS");
+		skew = s ? strtoll(s, NULL, 10) * 1000000LL : 0;
+	}
+	return skew;
+}
+
 int64_t util_now_ns(void)
 {
 	struct timespec ts;
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+	return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec + clock_skew_ns();
 }
 
 int64_t util_now_ms(void)
@@ -31,7 +47,7 @@ int64_t util_wall_ms(void)
 	struct timespec ts;
 
 	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000LL + ts.tv_nsec / 1000000LL;
+	return (int64_t)ts.tv_sec * 1000LL + ts.tv_nsec / 1000000LL + clock_skew_ns() / 1000000LL;
 }
 
 size_t util_strlcpy(char *dst, const char *src, size_t size)
