@@ -199,6 +199,16 @@ static void on_term(evutil_socket_t sig, short what, void *arg)
 	on_drain_tick(-1, 0, d);
 }
 
+static bool ready_redis(void *arg, char *why, size_t why_len)
+{
+	struct limiter *l = arg;
+
+	if (limiter_shared_up(l))
+		return true;
+	snprintf(why, why_len, "redis unreachable: admitting with each key's local share");
+	return false;
+}
+
 static struct event_base *make_base(void)
 {
 	struct event_config *ec = event_config_new();
@@ -249,7 +259,9 @@ int daemon_run(struct config *cfg, const struct daemon_args *args)
 	d.px.cfg = cfg;
 	d.px.up_v2 = make_upstream(&d, cfg->upstream.url, "upstream.url");
 	d.px.up_v1 = make_upstream(&d, cfg->upstream.v1_url, "upstream.v1_url");
-	d.px.limiter = limiter_new(d.base, cfg);
+	d.px.limiter = limiter_new(d.base, cfg, err, sizeof(err));
+	if (!d.px.limiter)
+		log_error("limits: %s", err);
 	if (!d.px.up_v2 || !d.px.up_v1 || !d.px.limiter)
 		goto out;
 
@@ -266,6 +278,8 @@ int daemon_run(struct config *cfg, const struct daemon_args *args)
 		log_error("server.admin_listen: %s", err);
 		goto out;
 	}
+	if (limiter_uses_redis(d.px.limiter))
+		admin_add_ready_check(d.admin, "redis", ready_redis, d.px.limiter);
 
 	d.ev_hup = evsignal_new(d.base, SIGHUP, on_hup, &d);
 	d.ev_term = evsignal_new(d.base, SIGTERM, on_term, &d);

@@ -1,17 +1,15 @@
 /*
- * limiter.c: keys, queues and wake-up timers of the in-process limiter. See limiter.h.
+ * limiter.c: the limiter's keys, their queues and wake-up timers, and the public API. Decisions
+ * are limiter_local.c's (this process alone) or limiter_redis.c's (shared through Redis); a key's
+ * `mode` says which, and a key falls back from shared to local when Redis cannot be reached.
  *
- * The guarantee is window.c's (at most N admissions in any W + guard, at most D in any rolling
- * 24 h, never past HighLevel's own daily remaining before its reset, nothing while a 429 block
- * holds): every admission here goes through window_check() and window_record() at the same
- * instant, on one thread, so no two decisions can overlap.
- *
- * Life of a waiter: limiter_acquire ─► admit now (queue empty and window_check OK)
- *                                   ─► reject now (its slot behind the queue is past its deadline)
- *                                   ─► queue (FIFO per burst key; a 429'd resend goes to the head)
- *   key timer at the head's earliest time ─► pump: admit heads while window_check says OK
- *   limiter_feedback (limits learned, remaining believed, 429 block) ─► recheck: answer at once
- *   every waiter whose slot moved past its deadline.
+ * Life of a waiter: limiter_acquire ─► decided at once (admit, or reject: its slot behind the
+ *                                       queue is past its deadline)
+ *                                   ─► queued (FIFO per burst key; a 429'd resend at the head)
+ *   the key's wake-up (local: its next slot; shared: the script's answer, plus jitter)
+ *     ─► pump: admit heads that may go, answer those that cannot make their deadline
+ *   limiter_feedback (limits learned, remaining believed, 429 block) ─► recheck at once
+ *   limiter_cancel (client gone) ─► out of the queue, references dropped.
  *
  * Keys live in a hash table by name. A key is freed by the sweep once nothing refers to it and
  * its windows hold nothing that still counts (its burst window after W + guard, its daily counts
@@ -28,46 +26,13 @@
 
 #include "classify.h"
 #include "config.h"
+#include "limiter_internal.h"
 #include "log.h"
 #include "ratelimit_headers.h"
 #include "util.h"
 
 #define SWEEP_INTERVAL_MS 5000
 #define SWEEP_BATCH       4096 /* buckets of the table visited per sweep tick */
-
-struct lkey {
-	struct lkey *hnext;
-	uint32_t hash;
-	uint32_t n_refs; /* waiters (queued or in flight) that point here */
-	struct burst_window burst;
-	struct daily_window daily;
-	enum limiter_source burst_src, daily_src;
-	struct limiter_waiter *qhead, *qtail; /* waiters queued on this (burst) key */
-	uint32_t n_waiting;
-	uint32_t n_inflight;    /* admitted, answer not yet seen */
-	bool seen_remaining;    /* the upstream tells X-RateLimit-Remaining for this key */
-	int64_t last_answer_ms; /* last upstream answer for this key */
-	int64_t last_admit_ms;
-	struct event *timer; /* only while waiters exist */
-	struct limiter *l;
-	char name[];
-};
-
-struct limiter {
-	struct event_base *base;
-	uint32_t burst, window_ms, guard_ms, daily; /* defaults from limits.* */
-	uint32_t max_queue_per_key, max_queue;
-	struct lkey **tab;
-	uint32_t tab_mask; /* n_buckets - 1 */
-	uint32_t n_keys;
-	uint32_t sweep_pos;
-	struct event *sweep;
-	struct limiter_stats st;
-	int64_t drain_until_ms; /* 0: not draining */
-};
-
-static void pump(struct lkey *k);
-static void recheck(struct lkey *k, int64_t now);
 
 /* ---- the key table ---- */
 
@@ -129,6 +94,9 @@ static struct lkey *key_get(struct limiter *l, const char *name)
 	k->l = l;
 	burst_init(&k->burst, l->burst, l->window_ms, l->guard_ms);
 	daily_init(&k->daily, l->daily);
+	k->mode = l->redis ? LK_SHARED : LK_LOCAL;
+	if (l->redis && limiter_redis_down(l->redis))
+		limiter_redis_fallback(k); /* born during an outage: local, at its share */
 	k->hnext = l->tab[h & l->tab_mask];
 	l->tab[h & l->tab_mask] = k;
 	l->n_keys++;
@@ -151,10 +119,15 @@ static void sweep_bucket(struct limiter *l, uint32_t i, int64_t now)
 
 	while (*pp) {
 		struct lkey *k = *pp;
-		burst_trim(&k->burst, now);
-		daily_trim(&k->daily, now);
-		if (k->n_refs == 0 && k->n_waiting == 0 && burst_is_idle(&k->burst, now) &&
-		    daily_is_idle(&k->daily, now)) {
+		if (k->mode == LK_LOCAL) {
+			burst_trim(&k->burst, now);
+			daily_trim(&k->daily, now);
+		}
+		/* A shared key's state lives in Redis: its mirror may go once its window passed. */
+		bool idle = burst_is_idle(&k->burst, now) &&
+		            (k->mode == LK_SHARED || daily_is_idle(&k->daily, now));
+		if (k->n_refs == 0 && k->n_waiting == 0 && idle &&
+		    !(l->redis && limiter_redis_key_busy(k))) {
 			*pp = k->hnext;
 			l->n_keys--;
 			key_free(k);
@@ -178,9 +151,19 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg)
 	event_add(l->sweep, &tv);
 }
 
-/* ---- queues ---- */
+void lk_foreach(struct limiter *l, void (*fn)(struct lkey *k, void *arg), void *arg)
+{
+	for (uint32_t i = 0; i <= l->tab_mask; i++) {
+		for (struct lkey *k = l->tab[i], *next; k; k = next) {
+			next = k->hnext;
+			fn(k, arg);
+		}
+	}
+}
 
-static void q_remove(struct lkey *k, struct limiter_waiter *w)
+/* ---- queues and timers ---- */
+
+void lk_q_remove(struct lkey *k, struct limiter_waiter *w)
 {
 	if (w->prev)
 		w->prev->next = w->next;
@@ -220,12 +203,20 @@ static void q_insert(struct lkey *k, struct limiter_waiter *w, bool at_head)
 	k->l->st.n_waiting++;
 }
 
+static void pump(struct lkey *k)
+{
+	if (k->mode == LK_SHARED)
+		limiter_redis_pump(k);
+	else
+		local_pump(k);
+}
+
 static void on_key_timer(evutil_socket_t fd, short what, void *arg)
 {
 	pump(arg);
 }
 
-static void arm_timer(struct lkey *k, int64_t at_ms, int64_t now)
+void lk_arm_timer(struct lkey *k, int64_t at_ms, int64_t now)
 {
 	struct timeval tv;
 	int64_t in_ms = at_ms - now;
@@ -233,13 +224,21 @@ static void arm_timer(struct lkey *k, int64_t at_ms, int64_t now)
 	if (!k->timer) {
 		k->timer = evtimer_new(k->l->base, on_key_timer, k);
 		if (!k->timer)
-			return; /* out of memory: the waiters time out at their deadline sweep */
+			return; /* out of memory: the next arrival or answer pumps the key */
 	}
 	if (in_ms < 0)
 		in_ms = 0;
 	tv.tv_sec = in_ms / 1000;
 	tv.tv_usec = (in_ms % 1000) * 1000;
 	event_add(k->timer, &tv);
+}
+
+void lk_stop_timer(struct lkey *k)
+{
+	if (k->timer) {
+		event_free(k->timer);
+		k->timer = NULL;
+	}
 }
 
 static void release(struct limiter_waiter *w)
@@ -261,10 +260,19 @@ static void release(struct limiter_waiter *w)
 	}
 }
 
+int64_t lk_deadline(const struct limiter *l, const struct limiter_waiter *w)
+{
+	return l->drain_until_ms ? MIN(w->deadline_ms, l->drain_until_ms) : w->deadline_ms;
+}
+
+int64_t lk_stale_ms(const struct lkey *k)
+{
+	return k->burst.window_ms / 4;
+}
+
 /* ---- verdicts ---- */
 
-static void describe(const struct lkey *b, const struct lkey *d, int64_t now,
-                     struct limiter_verdict *v)
+void lk_describe(const struct lkey *b, const struct lkey *d, int64_t now, struct limiter_verdict *v)
 {
 	uint32_t used = burst_used(&b->burst, now);
 	uint64_t dused = daily_used(&d->daily, now);
@@ -288,10 +296,10 @@ static bool scope_is_daily(enum window_scope s)
 	return s == WINDOW_DAILY || s == WINDOW_BLOCKED_DAY;
 }
 
-static void fill_reject(struct lkey *b, struct lkey *d, int64_t now, struct window_verdict wv,
-                        struct limiter_verdict *v)
+void lk_fill_reject(const struct lkey *b, const struct lkey *d, int64_t now,
+                    struct window_verdict wv, struct limiter_verdict *v)
 {
-	describe(b, d, now, v);
+	lk_describe(b, d, now, v);
 	v->outcome = LIMITER_REJECT;
 	v->scope = wv.scope;
 	v->retry_after_ms = wv.earliest_ms == INT64_MAX ? WINDOW_DAY_MS : wv.earliest_ms - now;
@@ -306,7 +314,7 @@ static void fill_reject(struct lkey *b, struct lkey *d, int64_t now, struct wind
 	}
 }
 
-static void count_reject(struct limiter *l, enum window_scope s)
+void lk_count_reject(struct limiter *l, enum window_scope s)
 {
 	if (scope_is_daily(s))
 		l->st.rejected_daily++;
@@ -314,148 +322,62 @@ static void count_reject(struct limiter *l, enum window_scope s)
 		l->st.rejected_burst++;
 }
 
-/* Record one admission of w at now. */
-static int admit(struct limiter_waiter *w, int64_t now)
+int lk_record(struct limiter_waiter *w, int64_t now)
 {
-	if (window_record(&w->burst_key->burst, &w->daily_key->daily, now) < 0)
+	struct lkey *b = w->burst_key, *d = w->daily_key;
+
+	if (window_record(&b->burst, &d->daily, now) < 0)
 		return -ENOMEM;
 	w->admitted = true;
 	w->answered = false;
-	w->burst_ticket = w->burst_key->burst.n_recorded;
-	w->burst_key->n_inflight++;
-	w->burst_key->last_admit_ms = now;
-	if (w->daily_key != w->burst_key)
-		w->daily_key->n_inflight++;
-	log_debug("admit key=%s at=%lld waited=%lld queue=%u", w->burst_key->name, (long long)now,
-	          (long long)(now - w->enqueued_ms), w->burst_key->n_waiting);
+	w->burst_ticket = b->burst.n_recorded;
+	b->n_inflight++;
+	b->last_admit_ms = now;
+	if (d != b)
+		d->n_inflight++;
+	if (b->rd_fb_since && b->mode == LK_LOCAL) {
+		b->rd_fb_daily++; /* made during a Redis outage: carried over when it returns */
+		limiter_redis_recorded(b);
+	}
+	log_debug("admit key=%s at=%lld waited=%lld queue=%u", b->name, (long long)now,
+	          (long long)(now - w->enqueued_ms), b->n_waiting);
 	return 0;
 }
 
-/* Answer a waiter that leaves its queue; it keeps its key references until released. */
-static void answer(struct limiter_waiter *w, struct limiter_verdict *v, int64_t now)
+void lk_answer(struct limiter_waiter *w, struct limiter_verdict *v, int64_t now)
 {
 	struct lkey *k = w->burst_key;
 
 	if (w->queued)
-		q_remove(k, w);
+		lk_q_remove(k, w);
 	v->wait_ms = now - w->enqueued_ms;
 	w->cb(w, v, w->arg);
 }
 
-/* How old the last answer may be before the budget it told is doubted: a quarter window. */
-static int64_t stale_ms(const struct lkey *k)
+void lk_admitted(struct limiter_waiter *w, int64_t now, bool waited)
 {
-	return k->burst.window_ms / 4;
+	struct limiter_verdict v = { 0 };
+
+	lk_describe(w->burst_key, w->daily_key, now, &v);
+	v.outcome = LIMITER_ADMIT;
+	if (waited)
+		w->burst_key->l->st.admitted_late++;
+	else
+		w->burst_key->l->st.admitted_now++;
+	lk_answer(w, &v, now);
 }
 
-/* How long the rest of a clump waits for the probe's answer at most. */
-static int64_t probe_timeout_ms(const struct lkey *k)
+void lk_reject(struct limiter_waiter *w, struct window_verdict wv, int64_t now)
 {
-	return MIN((int64_t)1000, (int64_t)k->burst.window_ms / 2);
-}
+	struct limiter *l = w->burst_key->l;
+	struct limiter_verdict v = { 0 };
 
-/*
- * Do we know the key's budget well enough to send more than one call now? Yes while HighLevel's
- * last remaining is in force (burst_reconcile), or, for an upstream that does not say, while its
- * last answer is recent.
- */
-static bool budget_known(const struct lkey *k, int64_t now)
-{
-	if (k->seen_remaining)
-		return k->burst.hl_remaining >= 0 && now < k->burst.hl_until_ms;
-	return now - k->last_answer_ms <= stale_ms(k);
-}
-
-/* A probe is out and its answer is awaited: the budget is not known well enough to send more. */
-static bool probe_pending(const struct lkey *k, int64_t now)
-{
-	return k->n_inflight > 0 && !budget_known(k, now) &&
-	       now < k->last_admit_ms + probe_timeout_ms(k);
-}
-
-/*
- * Admit waiters at the head of k's queue while the window allows, answer those that can no
- * longer make their deadline, and set the timer for the next one.
- */
-static void pump(struct lkey *k)
-{
-	struct limiter *l = k->l;
-	int64_t now = util_now_ms();
-	struct limiter_waiter *w;
-
-	while ((w = k->qhead)) {
-		struct window_verdict wv =
-		        window_check(&w->burst_key->burst, &w->daily_key->daily, now);
-		struct limiter_verdict v = { 0 };
-
-		if (wv.scope == WINDOW_OK && probe_pending(k, now)) {
-			/* Wait for the probe's answer, or its timeout, before the rest. */
-			int64_t until = k->last_admit_ms + probe_timeout_ms(k);
-			if (until <= w->deadline_ms) {
-				arm_timer(k, until, now);
-				return;
-			}
-		}
-		if (wv.scope == WINDOW_OK) {
-			if (admit(w, now) < 0) {
-				arm_timer(k, now + 10, now); /* out of memory: try again shortly */
-				return;
-			}
-			describe(w->burst_key, w->daily_key, now, &v);
-			v.outcome = LIMITER_ADMIT;
-			l->st.admitted_late++;
-			answer(w, &v, now);
-			continue;
-		}
-		if (wv.earliest_ms > w->deadline_ms) {
-			fill_reject(w->burst_key, w->daily_key, now, wv, &v);
-			count_reject(l, wv.scope);
-			answer(w, &v, now);
-			continue;
-		}
-		log_debug("wait key=%s scope=%d until=%lld now=%lld hl=%lld/%lld inflight=%u",
-		          k->name, wv.scope, (long long)wv.earliest_ms, (long long)now,
-		          (long long)k->burst.hl_remaining, (long long)k->burst.hl_until_ms,
-		          k->n_inflight);
-		arm_timer(k, wv.earliest_ms, now);
-		return;
-	}
-	if (k->timer) {
-		event_free(k->timer);
-		k->timer = NULL;
-	}
-}
-
-/*
- * Conditions got worse (a block, smaller limits, less budget): every waiter whose slot is now
- * past its deadline is answered at once instead of waiting for nothing; then pump.
- */
-static void recheck(struct lkey *k, int64_t now)
-{
-	struct limiter *l = k->l;
-	struct limiter_waiter *w = k->qhead, *next;
-	uint64_t pos = 0;
-
-	for (; w; w = next) {
-		next = w->next;
-		struct window_verdict wv =
-		        window_slot(&w->burst_key->burst, &w->daily_key->daily, now, pos);
-		int64_t limit =
-		        l->drain_until_ms ? MIN(w->deadline_ms, l->drain_until_ms) : w->deadline_ms;
-		if (wv.earliest_ms > limit) {
-			struct limiter_verdict v = { 0 };
-			fill_reject(w->burst_key, w->daily_key, now, wv, &v);
-			if (wv.earliest_ms <= w->deadline_ms)
-				v.outcome = LIMITER_SHUTDOWN;
-			else
-				count_reject(l, wv.scope);
-			answer(w, &v, now);
-			continue;
-		}
-		pos++;
-	}
-	if (k->qhead)
-		pump(k);
+	lk_fill_reject(w->burst_key, w->daily_key, now, wv, &v);
+	if (wv.earliest_ms <= w->deadline_ms)
+		v.outcome = LIMITER_SHUTDOWN; /* it would have made it, but the proxy stops */
+	else
+		lk_count_reject(l, wv.scope);
+	lk_answer(w, &v, now);
 }
 
 /* ---- public ---- */
@@ -490,51 +412,35 @@ bool limiter_acquire(struct limiter *l, const struct classify_result *key, int64
 	w->daily_key = d;
 	b->n_refs++;
 	d->n_refs++;
+	b->rd_daily = d;
 
-	/* Nobody may jump the queue: with k waiting ahead, this one's slot is the (k+1)-th. */
-	uint64_t ahead = at_head ? 0 : b->n_waiting;
-	struct window_verdict wv = window_slot(&b->burst, &d->daily, now, ahead);
-	int64_t limit = l->drain_until_ms ? MIN(deadline_ms, l->drain_until_ms) : deadline_ms;
-
-	if (ahead == 0 && wv.scope == WINDOW_OK && (at_head || !b->qhead)) {
-		if (admit(w, now) < 0) {
-			v->outcome = LIMITER_QUEUE_FULL;
-			v->retry_after_ms = 1000;
-			l->st.queue_full++;
-			return true;
-		}
-		describe(b, d, now, v);
-		v->outcome = LIMITER_ADMIT;
-		l->st.admitted_now++;
-		return true;
-	}
-	if (wv.earliest_ms > limit) {
-		fill_reject(b, d, now, wv, v);
-		if (wv.earliest_ms <= deadline_ms) {
-			v->outcome = LIMITER_SHUTDOWN;
-		} else {
-			count_reject(l, wv.scope);
-		}
+	if (b->mode == LK_LOCAL && l->redis && limiter_redis_reject_when_down(l->redis)) {
+		/* Shared limits that cannot be shared now: refuse rather than guess. */
+		v->outcome = LIMITER_UNAVAILABLE;
+		v->retry_after_ms = 1000;
 		return true;
 	}
 	if (b->n_waiting >= l->max_queue_per_key || l->st.n_waiting >= l->max_queue) {
-		describe(b, d, now, v);
+		struct window_verdict wv = window_slot(&b->burst, &d->daily, now, b->n_waiting);
+		lk_describe(b, d, now, v);
 		v->outcome = LIMITER_QUEUE_FULL;
 		v->scope = wv.scope;
 		v->retry_after_ms = MAX(wv.earliest_ms - now, (int64_t)1000);
 		l->st.queue_full++;
 		return true;
 	}
-	log_debug("queue key=%s scope=%d slot=%lld now=%lld hl=%lld/%lld inflight=%u ahead=%llu",
-	          b->name, wv.scope, (long long)wv.earliest_ms, (long long)now,
-	          (long long)b->burst.hl_remaining, (long long)b->burst.hl_until_ms, b->n_inflight,
-	          (unsigned long long)ahead);
+	if (b->mode == LK_LOCAL)
+		return local_acquire(l, b, d, w, at_head, now, v);
+
+	/* Shared: the script decides; the waiter hears back from the loop. */
 	q_insert(b, w, at_head);
-	if (b->qhead == w || at_head) {
-		struct window_verdict hv = window_check(&b->burst, &d->daily, now);
-		arm_timer(b, hv.scope == WINDOW_OK ? now : hv.earliest_ms, now);
-	}
+	limiter_redis_pump(b);
 	return false;
+}
+
+void lk_q_insert(struct lkey *k, struct limiter_waiter *w, bool at_head)
+{
+	q_insert(k, w, at_head);
 }
 
 void limiter_cancel(struct limiter_waiter *w)
@@ -542,14 +448,12 @@ void limiter_cancel(struct limiter_waiter *w)
 	if (w->queued) {
 		struct lkey *k = w->burst_key;
 		bool was_head = k->qhead == w;
-		q_remove(k, w);
+		lk_q_remove(k, w);
 		k->l->st.cancelled++;
-		if (was_head && k->qhead)
-			pump(k);
-		else if (!k->qhead && k->timer) {
-			event_free(k->timer);
-			k->timer = NULL;
-		}
+		if (!k->qhead)
+			lk_stop_timer(k);
+		else if (was_head && k->mode == LK_LOCAL)
+			local_pump(k);
 	}
 	release(w);
 }
@@ -559,7 +463,6 @@ void limiter_feedback(struct limiter *l, struct limiter_waiter *w, int status,
 {
 	struct lkey *b = w->burst_key, *d = w->daily_key;
 	int64_t now = util_now_ms();
-	bool worse = false;
 
 	if (!b || !d || !w->admitted || w->answered)
 		return;
@@ -568,57 +471,18 @@ void limiter_feedback(struct limiter *l, struct limiter_waiter *w, int status,
 	if (d != b)
 		d->n_inflight--;
 	b->last_answer_ms = now;
-	/* The headers are the truth about this key's limits: follow them both ways. */
-	if (ri->max > 0 || ri->interval_ms > 0) {
-		uint32_t old_n = b->burst.burst_max, old_w = b->burst.window_ms;
-		if (burst_set_limits(&b->burst, ri->max > 0 ? (uint32_t)ri->max : 0,
-		                     ri->interval_ms > 0 ? (uint32_t)ri->interval_ms : 0) == 0) {
-			b->burst_src = LIMIT_FROM_UPSTREAM;
-			worse |= b->burst.burst_max < old_n || b->burst.window_ms > old_w;
-		}
-	}
-	if (ri->daily_limit > 0) {
-		uint32_t old = d->daily.daily_max;
-		daily_set_limit(&d->daily, (uint32_t)MIN(ri->daily_limit, (int64_t)UINT32_MAX));
-		d->daily_src = LIMIT_FROM_UPSTREAM;
-		worse |= d->daily.daily_max < old;
-	}
-	/* Other clients outside the proxy spend the same budget, and our ring cannot see them:
-	 * believe HighLevel's remaining for a while (our calls still in flight may not be in its
-	 * count yet), then probe again. */
-	if (ri->remaining >= 0) {
-		b->seen_remaining = true;
-		worse |= burst_reconcile(&b->burst, now, ri->remaining, b->n_inflight, stale_ms(b));
-	}
-	if (ri->daily_remaining >= 0) {
-		int64_t hl_before = d->daily.hl_remaining;
-		/* Our calls still in flight may or may not be in HighLevel's count: the daily
-		 * contract takes the worse case. */
-		daily_reconcile(&d->daily, now, ri->daily_remaining, ri->daily_reset_ms,
-		                d->n_inflight);
-		worse |= hl_before < 0 || d->daily.hl_remaining < hl_before;
-	}
-	if (status == 429) {
-		bool is_daily = false;
-		int64_t wait = ratelimit_429_wait_ms(ri, b->burst.window_ms, &is_daily);
+	if (status == 429)
 		l->st.upstream_429++;
-		if (is_daily)
-			daily_block(&d->daily, now + wait);
-		else
-			burst_block(&b->burst, now + wait);
-		worse = true;
-		log_fields(LOG_WARNING, "upstream 429: key blocked",
-		           (struct log_field[]){ LOG_STR("key", b->name),
-		                                 LOG_STR("scope", is_daily ? "daily" : "burst"),
-		                                 LOG_NUM("blocked_ms", wait) },
-		           3);
-	}
-	if (worse) {
-		recheck(b, now);
+	unsigned learned = local_learn(b, d, status, ri, now);
+	if (b->mode == LK_SHARED && l->redis)
+		limiter_redis_feedback(b, d, status, ri, b->n_inflight, learned);
+	if (b->mode == LK_LOCAL) {
+		if (learned & LEARN_TIGHTER)
+			local_recheck(b, now);
+		else if (b->qhead)
+			local_pump(b); /* the probe's answer: the rest of the clump may go */
 		if (d != b && d->qhead)
-			recheck(d, now);
-	} else if (b->qhead) {
-		pump(b); /* the probe's answer: the rest of the clump may go */
+			local_recheck(d, now);
 	}
 }
 
@@ -631,7 +495,29 @@ void limiter_sent(struct limiter *l, struct limiter_waiter *w)
 void limiter_describe(struct limiter *l, const struct limiter_waiter *w, struct limiter_verdict *v)
 {
 	if (w->burst_key && w->daily_key)
-		describe(w->burst_key, w->daily_key, util_now_ms(), v);
+		lk_describe(w->burst_key, w->daily_key, util_now_ms(), v);
+}
+
+static void drain_key(struct lkey *k, void *arg)
+{
+	int64_t now = *(int64_t *)arg;
+
+	if (!k->qhead)
+		return;
+	if (k->mode == LK_LOCAL) {
+		local_recheck(k, now);
+		return;
+	}
+	/* Shared: every waiter whose slot (as last known) is past the drain answers now. */
+	uint64_t pos = 0;
+	for (struct limiter_waiter *w = k->qhead, *next; w; w = next) {
+		next = w->next;
+		struct window_verdict wv = window_slot(&k->burst, &w->daily_key->daily, now, pos);
+		if (wv.earliest_ms > lk_deadline(k->l, w))
+			lk_reject(w, wv, now);
+		else
+			pos++;
+	}
 }
 
 void limiter_drain(struct limiter *l, int64_t until_ms)
@@ -639,13 +525,7 @@ void limiter_drain(struct limiter *l, int64_t until_ms)
 	int64_t now = util_now_ms();
 
 	l->drain_until_ms = until_ms > 0 ? until_ms : 1;
-	for (uint32_t i = 0; i <= l->tab_mask; i++) {
-		for (struct lkey *k = l->tab[i], *next; k; k = next) {
-			next = k->hnext;
-			if (k->qhead)
-				recheck(k, now);
-		}
-	}
+	lk_foreach(l, drain_key, &now);
 }
 
 static void apply_defaults(struct limiter *l, const struct config *cfg)
@@ -658,55 +538,75 @@ static void apply_defaults(struct limiter *l, const struct config *cfg)
 	l->max_queue = cfg->limits.max_queue;
 }
 
-struct limiter *limiter_new(struct event_base *base, const struct config *cfg)
+struct limiter *limiter_new(struct event_base *base, const struct config *cfg, char *err,
+                            size_t err_len)
 {
 	struct limiter *l = calloc(1, sizeof(*l));
 	struct timeval tv = { SWEEP_INTERVAL_MS / 1000, 0 };
 
-	if (!l)
+	if (!l) {
+		snprintf(err, err_len, "out of memory");
 		return NULL;
+	}
 	l->base = base;
 	apply_defaults(l, cfg);
 	l->tab_mask = 255;
 	l->tab = calloc(l->tab_mask + 1, sizeof(*l->tab));
 	l->sweep = event_new(base, -1, 0, on_sweep, l);
 	if (!l->tab || !l->sweep) {
+		snprintf(err, err_len, "out of memory");
 		limiter_free(l);
 		return NULL;
+	}
+	if (cfg->limits.backend == CONFIG_BACKEND_REDIS) {
+		l->redis = limiter_redis_new(l, cfg, err, err_len);
+		if (!l->redis) {
+			limiter_free(l);
+			return NULL;
+		}
 	}
 	event_add(l->sweep, &tv);
 	return l;
 }
 
+static void reconfigure_key(struct lkey *k, void *arg)
+{
+	struct limiter *l = arg;
+
+	k->burst.guard_ms = l->guard_ms;
+	if (k->mode == LK_LOCAL) {
+		if (k->burst_src == LIMIT_FROM_CONFIG)
+			burst_set_limits(&k->burst, l->burst, l->window_ms);
+		if (k->daily_src == LIMIT_FROM_CONFIG)
+			daily_set_limit(&k->daily, l->daily);
+		if (k->qhead)
+			local_recheck(k, util_now_ms());
+	} else if (k->qhead) {
+		limiter_redis_pump(k);
+	}
+}
+
 void limiter_set_config(struct limiter *l, const struct config *cfg)
 {
-	int64_t now = util_now_ms();
-
 	apply_defaults(l, cfg);
-	for (uint32_t i = 0; i <= l->tab_mask; i++) {
-		for (struct lkey *k = l->tab[i], *next; k; k = next) {
-			next = k->hnext;
-			k->burst.guard_ms = l->guard_ms;
-			if (k->burst_src == LIMIT_FROM_CONFIG)
-				burst_set_limits(&k->burst, l->burst, l->window_ms);
-			if (k->daily_src == LIMIT_FROM_CONFIG)
-				daily_set_limit(&k->daily, l->daily);
-			if (k->qhead)
-				recheck(k, now);
-		}
-	}
+	if (l->redis)
+		limiter_redis_set_config(l->redis, cfg);
+	lk_foreach(l, reconfigure_key, l);
 }
 
 void limiter_free(struct limiter *l)
 {
 	if (!l)
 		return;
+	/* Redis first: its outstanding calls refer to keys. */
+	limiter_redis_free(l->redis);
+	l->redis = NULL;
 	for (uint32_t i = 0; l->tab && i <= l->tab_mask; i++) {
 		for (struct lkey *k = l->tab[i], *next; k; k = next) {
 			next = k->hnext;
 			/* Callers cancel their waiters first; drop whatever is left silently. */
 			while (k->qhead)
-				q_remove(k, k->qhead);
+				lk_q_remove(k, k->qhead);
 			key_free(k);
 		}
 	}
@@ -725,6 +625,16 @@ void limiter_get_stats(const struct limiter *l, struct limiter_stats *st)
 uint32_t limiter_n_waiting(const struct limiter *l)
 {
 	return l ? l->st.n_waiting : 0;
+}
+
+bool limiter_shared_up(const struct limiter *l)
+{
+	return l->redis && limiter_redis_up(l->redis);
+}
+
+bool limiter_uses_redis(const struct limiter *l)
+{
+	return l->redis != NULL;
 }
 
 void limiter_foreach_key(struct limiter *l,
@@ -748,6 +658,7 @@ void limiter_foreach_key(struct limiter *l,
 				.burst_source = k->burst_src,
 				.daily_source = k->daily_src,
 				.n_waiting = k->n_waiting,
+				.shared = k->mode == LK_SHARED,
 			};
 			int64_t blocked = MAX(k->burst.blocked_until_ms, k->daily.blocked_until_ms);
 			ki.blocked_for_ms = blocked > now ? blocked - now : 0;

@@ -77,7 +77,9 @@ struct limiter_stats {
 	uint32_t n_waiting, n_keys;
 };
 
-struct limiter *limiter_new(struct event_base *base, const struct config *cfg);
+/* NULL with a message in err (Redis URL, password file...). */
+struct limiter *limiter_new(struct event_base *base, const struct config *cfg, char *err,
+                            size_t err_len);
 void limiter_free(struct limiter *l);
 
 /* New defaults (limits.*) on reload: applied to keys whose limits still come from the config. */
@@ -116,6 +118,10 @@ void limiter_describe(struct limiter *l, const struct limiter_waiter *w, struct 
 void limiter_drain(struct limiter *l, int64_t until_ms);
 
 void limiter_get_stats(const struct limiter *l, struct limiter_stats *st);
+
+/* limits.backend = redis? And is Redis reachable now (else each key falls back)? */
+bool limiter_uses_redis(const struct limiter *l);
+bool limiter_shared_up(const struct limiter *l);
 uint32_t limiter_n_waiting(const struct limiter *l);
 
 /* One key, as /status shows it. */
@@ -127,6 +133,7 @@ struct limiter_key_info {
 	int64_t hl_daily_remaining; /* -1: unknown */
 	enum limiter_source burst_source, daily_source;
 	uint32_t n_waiting;
+	bool shared;            /* decided through Redis (else by this process alone) */
 	int64_t blocked_for_ms; /* 0: not blocked */
 };
 
