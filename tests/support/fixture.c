@@ -210,3 +210,87 @@ double fixture_metric(const struct fixture *f, const char *series)
 	httpc_response_free(&r);
 	return v;
 }
+
+struct harness_proc *fixture_redis_start(const char *dir, const char *name, const char *extra,
+                                         char *sock, size_t sock_len)
+{
+	char *argv[48];
+	int argc = 0;
+	char *extra_copy = extra ? strdup(extra) : NULL, *save = NULL;
+
+	snprintf(sock, sock_len, "%s/%s.sock", dir, name);
+	argv[argc++] = "redis-server";
+	argv[argc++] = "--port";
+	argv[argc++] = "0";
+	argv[argc++] = "--unixsocket";
+	argv[argc++] = sock;
+	argv[argc++] = "--unixsocketperm";
+	argv[argc++] = "700";
+	argv[argc++] = "--save";
+	argv[argc++] = "";
+	argv[argc++] = "--appendonly";
+	argv[argc++] = "no";
+	argv[argc++] = "--supervised";
+	argv[argc++] = "systemd";
+	argv[argc++] = "--dir";
+	argv[argc++] = (char *)dir;
+	for (char *t = extra_copy ? strtok_r(extra_copy, " ", &save) : NULL; t && argc < 46;
+	     t = strtok_r(NULL, " ", &save))
+		argv[argc++] = t;
+	argv[argc] = NULL;
+	char path[] = "/usr/bin/redis-server";
+	argv[0] = path;
+	struct harness_proc *p = harness_spawn(dir, name, argv, NULL);
+	free(extra_copy);
+	if (!p)
+		return NULL;
+	if (harness_wait_ready(p, 20000) != 0) {
+		harness_proc_free(p);
+		return NULL;
+	}
+	return p;
+}
+
+struct harness_proc *fixture_spawn_proxy(struct fixture *f, const char *name, const char *extra,
+                                         char *const *env, char *addr, size_t addr_len, char *admin,
+                                         size_t admin_len)
+{
+	char *base = harness_read_file(f->conf_path, NULL);
+	char file[64], path[512];
+
+	if (!base)
+		return NULL;
+	size_t len = strlen(base) + (extra ? strlen(extra) : 0) + 2;
+	char *conf = malloc(len);
+	snprintf(conf, len, "%s\n%s", base, extra ? extra : "");
+	snprintf(file, sizeof(file), "%s.conf", name);
+	int rc = harness_write_file(f->dir, file, conf);
+	free(conf);
+	free(base);
+	if (rc < 0)
+		return NULL;
+	snprintf(path, sizeof(path), "%s/%s", f->dir, file);
+	char *argv[] = { (char *)harness_proxy_bin(), "-c", path, NULL };
+	struct harness_proc *p = harness_spawn(f->dir, name, argv, env);
+	if (!p || harness_wait_ready(p, READY_MS) != 0) {
+		harness_proc_free(p);
+		return NULL;
+	}
+	char *l = harness_notify_var(p, "X_GHLPROXY_LISTEN");
+	char *a = harness_notify_var(p, "X_GHLPROXY_ADMIN");
+	if (l && strchr(l, ','))
+		*strchr(l, ',') = '\0';
+	snprintf(addr, addr_len, "%s", l ? l : "");
+	snprintf(admin, admin_len, "%s", a ? a : "");
+	free(l);
+	free(a);
+	return p;
+}
+
+double fixture_metric_at(const char *admin_addr, const char *series)
+{
+	struct fixture f;
+
+	snprintf(f.admin_addr, sizeof(f.admin_addr), "%s", admin_addr);
+	return fixture_metric(&f, series);
+}

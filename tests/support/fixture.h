@@ -42,6 +42,14 @@ void fixture_start(struct fixture *f, const struct fixture_opts *o);
 /* Start (or restart) only the proxy with the current conf_path. Returns 0 when ready. */
 int fixture_start_proxy(struct fixture *f, char *const *extra_env);
 
+/*
+ * One more proxy against the same mocks: the fixture's config plus `extra` (sections not already
+ * in it), in dir/<name>.conf, ready. Its addresses go to addr/admin. NULL on failure.
+ */
+struct harness_proc *fixture_spawn_proxy(struct fixture *f, const char *name, const char *extra,
+                                         char *const *env, char *addr, size_t addr_len, char *admin,
+                                         size_t admin_len);
+
 /* SIGTERM the proxy and expect a clean exit (0). Returns its exit code. */
 int fixture_stop_proxy(struct fixture *f);
 
@@ -52,8 +60,19 @@ void fixture_stop(struct fixture *f);
  * (fx.mock_ctl). Caller frees. */
 char *fixture_mock_log(const char *mock_addr, int since);
 
+/*
+ * A real redis-server for the test, on a unix socket in `dir` (no TCP port, no persistence),
+ * ready when it says so over NOTIFY_SOCKET. `extra` adds "--name value" options (may be NULL).
+ * Writes the socket path to sock. Returns the process (harness_proc_free stops it), or NULL.
+ */
+struct harness_proc *fixture_redis_start(const char *dir, const char *name, const char *extra,
+                                         char *sock, size_t sock_len);
+
 /* Value of one sample in the proxy's /metrics ("family{labels}" or "family"); -1 if absent. */
 double fixture_metric(const struct fixture *f, const char *series);
+
+/* The same, for any proxy's admin address. */
+double fixture_metric_at(const char *admin_addr, const char *series);
 
 /* Number of requests the mock recorded. */
 int fixture_mock_count(const char *mock_addr);

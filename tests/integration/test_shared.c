@@ -1,0 +1,363 @@
+/*
+ * test_shared.c: several proxies sharing one Redis keep the limiter contract together, as if they
+ * were one: judged by the window oracle over what the strict mock upstream recorded, with a proxy
+ * whose clock is skewed, and with Redis killed and restarted (and its script cache flushed)
+ * mid-run.
+ */
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <criterion/criterion.h>
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+
+#include "fixture.h"
+#include "httpc.h"
+#include "oracle.h"
+
+#define N_BURST   20
+#define WINDOW_MS 2000
+#define N_PROXIES 4
+
+static struct fixture fx;
+static struct harness_proc *redis;
+static char redis_sock[300];
+static struct harness_proc *proxies[N_PROXIES];
+static char addrs[N_PROXIES][128], admins[N_PROXIES][128];
+
+static void stop(void)
+{
+	const char *dump = getenv("GHLPROXY_TEST_DUMP");
+	for (int i = 0; dump && i < N_PROXIES; i++) {
+		char path[256];
+		snprintf(path, sizeof(path), "%s.proxy%d.log", dump, i);
+		char *log = proxies[i] ? harness_log(proxies[i]) : NULL;
+		FILE *f = log ? fopen(path, "w") : NULL;
+		if (f) {
+			fputs(log, f);
+			fclose(f);
+		}
+		free(log);
+	}
+	for (int i = 0; i < N_PROXIES; i++) {
+		if (proxies[i]) {
+			harness_kill(proxies[i], SIGTERM);
+			cr_expect_eq(harness_wait_exit(proxies[i], 30000), 0,
+			             "proxy %d did not exit cleanly", i);
+			harness_proc_free(proxies[i]);
+			proxies[i] = NULL;
+		}
+	}
+	harness_proc_free(redis);
+	redis = NULL;
+	fixture_stop(&fx);
+}
+
+/* The mock (strict, jittered), Redis, and n proxies on it; skew[i]: proxy i's clock offset. */
+static void start(int n, const int *skew_ms)
+{
+	struct fixture_opts o = {
+		.mock_args = "--limit 20 --window-ms 2000 --jitter-ms 20",
+		.proxy_conf = "[limits]\nburst = 20\nwindow = 2s\nguard = 50ms\n",
+		.no_proxy = true,
+	};
+	char extra[600];
+
+	fixture_start(&fx, &o);
+	redis = fixture_redis_start(fx.dir, "redis", NULL, redis_sock, sizeof(redis_sock));
+	cr_assert(redis, "redis-server did not start");
+	snprintf(extra, sizeof(extra),
+	         "[redis]\nurl = unix://%s\ncommand_timeout = 500ms\nconnect_timeout = 500ms\n",
+	         redis_sock);
+	for (int i = 0; i < n; i++) {
+		char name[16], skew[64];
+		char *env[] = { "GHLPROXY_LIMITS_BACKEND=redis", skew, NULL };
+		snprintf(name, sizeof(name), "proxy%d", i);
+		snprintf(skew, sizeof(skew), "GHLPROXY_TEST_CLOCK_SKEW_MS=%d",
+		         skew_ms ? skew_ms[i] : 0);
+		proxies[i] = fixture_spawn_proxy(&fx, name, extra, env, addrs[i], sizeof(addrs[i]),
+		                                 admins[i], sizeof(admins[i]));
+		cr_assert(proxies[i], "proxy %d did not start", i);
+	}
+	/* Shared mode is reached once each proxy's first heartbeat found Redis. */
+	for (int i = 0; i < n; i++) {
+		int64_t until = harness_now_ms() + 10000;
+		while (fixture_metric_at(admins[i], "ghlproxy_redis_up") != 1 &&
+		       harness_now_ms() < until)
+			usleep(20000);
+		cr_assert_eq(fixture_metric_at(admins[i], "ghlproxy_redis_up"), 1,
+		             "proxy %d never reached Redis", i);
+	}
+}
+
+struct keys {
+	char *auth[2];
+	char *mock_key[2];
+};
+
+static void make_keys(struct keys *k)
+{
+	for (int i = 0; i < 2; i++) {
+		char app[40], loc[40];
+		snprintf(app, sizeof(app), "75f0a1b2c3d4e5f6a7b8c9d%d", i);
+		snprintf(loc, sizeof(loc), "SharedLoc%dXyZ", i);
+		char *jwt = oracle_make_jwt(app, "Location", loc, 4102444800.0);
+		size_t len = strlen(jwt) + 64;
+		k->auth[i] = malloc(len);
+		snprintf(k->auth[i], len, "Authorization: Bearer %s\r\n", jwt);
+		free(jwt);
+		k->mock_key[i] = malloc(96);
+		snprintf(k->mock_key[i], 96, "%s:%s", app, loc);
+	}
+}
+
+static void free_keys(struct keys *k)
+{
+	for (int i = 0; i < 2; i++) {
+		free(k->auth[i]);
+		free(k->mock_key[i]);
+	}
+}
+
+/* 16 clients spread over the proxies, each on one of the two keys. */
+struct run {
+	struct keys *k;
+	int n_proxies;
+	int64_t end_ms;
+	uint64_t by_status[600];
+	uint64_t errors;
+	pthread_mutex_t lock;
+};
+
+struct client {
+	pthread_t th;
+	int id;
+	struct run *run;
+};
+
+static void *client_main(void *a)
+{
+	struct client *c = a;
+	struct run *run = c->run;
+	const char *addr = addrs[c->id % run->n_proxies];
+	const char *auth = run->k->auth[(c->id / run->n_proxies) % 2];
+	int fd = -1;
+
+	while (harness_now_ms() < run->end_ms) {
+		char rq[4096];
+		struct httpc_response r = { 0 };
+		if (fd < 0 && (fd = httpc_connect(addr)) < 0) {
+			usleep(10000);
+			continue;
+		}
+		int n = snprintf(rq, sizeof(rq), "GET /contacts/ HTTP/1.1\r\nHost: x\r\n%s\r\n",
+		                 auth);
+		if (httpc_send_all(fd, rq, (size_t)n) < 0 ||
+		    httpc_read_response(fd, &r, false, 60000) < 0) {
+			pthread_mutex_lock(&run->lock);
+			run->errors++;
+			pthread_mutex_unlock(&run->lock);
+			httpc_close(fd);
+			fd = -1;
+			httpc_response_free(&r);
+			continue;
+		}
+		pthread_mutex_lock(&run->lock);
+		if (r.status > 0 && r.status < 600)
+			run->by_status[r.status]++;
+		pthread_mutex_unlock(&run->lock);
+		if (r.closed) {
+			httpc_close(fd);
+			fd = -1;
+		}
+		httpc_response_free(&r);
+	}
+	if (fd >= 0)
+		httpc_close(fd);
+	return NULL;
+}
+
+static void run_clients(struct run *run, int n_clients, int64_t duration_ms)
+{
+	struct client *c = calloc((size_t)n_clients, sizeof(*c));
+
+	run->end_ms = harness_now_ms() + duration_ms;
+	for (int i = 0; i < n_clients; i++) {
+		c[i] = (struct client){ .id = i, .run = run };
+		pthread_create(&c[i].th, NULL, client_main, &c[i]);
+	}
+	for (int i = 0; i < n_clients; i++)
+		pthread_join(c[i].th, NULL);
+	free(c);
+}
+
+static void expect_contract(json_t *log, const char *key, const char *what, double min_util)
+{
+	struct oracle_result o;
+
+	oracle_check(log, key, N_BURST, WINDOW_MS, &o);
+	cr_log_info("%s: %zu calls, %zu upstream 429s, min gap %.1f ms, utilisation %.3f", what,
+	            o.n_calls, o.n_429, o.min_gap_ms, o.utilisation);
+	cr_expect_eq(o.n_429, 0, "%s: %zu upstream 429s", what, o.n_429);
+	cr_expect_eq(o.n_violations, 0, "%s: %zu windows held more than %d calls (min gap %.1f)",
+	             what, o.n_violations, N_BURST, o.min_gap_ms);
+	if (min_util > 0)
+		cr_expect_geq(o.utilisation, min_util, "%s: utilisation %.3f", what, o.utilisation);
+}
+
+TestSuite(shared, .fini = stop, .timeout = 240);
+
+/* 4 proxies sharing one Redis, 16 clients spread over them, overloading 2 keys for 30 s. */
+Test(shared, four_proxies_two_keys)
+{
+	struct keys k;
+	struct run run = { .n_proxies = N_PROXIES, .lock = PTHREAD_MUTEX_INITIALIZER };
+
+	start(N_PROXIES, NULL);
+	make_keys(&k);
+	run.k = &k;
+	run_clients(&run, 16, 30000);
+	cr_expect_eq(run.errors, 0);
+	cr_expect_eq(run.by_status[429], 0, "the proxies answered 429 to clients");
+	json_t *log = oracle_fetch_log(fx.mock_ctl);
+	expect_contract(log, k.mock_key[0], "key 0", 0.95);
+	expect_contract(log, k.mock_key[1], "key 1", 0.95);
+	json_decref(log);
+	for (int i = 0; i < N_PROXIES; i++)
+		cr_expect_eq(fixture_metric_at(admins[i], "ghlproxy_redis_fallbacks_total"), 0);
+	free_keys(&k);
+}
+
+/* A proxy whose clocks are off by half a minute (and another by -7 s) changes nothing: the
+ * shared limiter runs on Redis' clock. */
+Test(shared, skewed_clock_changes_nothing)
+{
+	static const int skew[N_PROXIES] = { 0, 30000, -7000, 0 };
+	struct keys k;
+	struct run run = { .n_proxies = 3, .lock = PTHREAD_MUTEX_INITIALIZER };
+
+	start(3, skew);
+	make_keys(&k);
+	run.k = &k;
+	run_clients(&run, 12, 20000);
+	cr_expect_eq(run.errors, 0);
+	json_t *log = oracle_fetch_log(fx.mock_ctl);
+	expect_contract(log, k.mock_key[0], "skewed, key 0", 0.95);
+	expect_contract(log, k.mock_key[1], "skewed, key 1", 0.95);
+	json_decref(log);
+	free_keys(&k);
+}
+
+/* Redis killed mid-run: no crash, every client gets an answer, the oracle stays clean within the
+ * fallback shares; Redis restarted with an empty script cache: the proxies come back to shared
+ * mode by themselves. Redis is restarted from this (the main) thread: the harness gives its
+ * children PR_SET_PDEATHSIG, which fires when the thread that forked them exits. */
+struct clients_arg {
+	struct run *run;
+	int n;
+	int64_t duration_ms;
+};
+
+static void *clients_main(void *a)
+{
+	struct clients_arg *ca = a;
+	run_clients(ca->run, ca->n, ca->duration_ms);
+	return NULL;
+}
+
+Test(shared, redis_killed_and_restarted)
+{
+	struct keys k;
+	struct run run = { .n_proxies = N_PROXIES, .lock = PTHREAD_MUTEX_INITIALIZER };
+	pthread_t th;
+	char sock[300];
+
+	start(N_PROXIES, NULL);
+	make_keys(&k);
+	run.k = &k;
+	int64_t t0 = harness_now_ms();
+	struct clients_arg ca = { &run, 16, 30000 };
+	pthread_create(&th, NULL, clients_main, &ca);
+	while (harness_now_ms() < t0 + 8000)
+		usleep(10000);
+	harness_kill(redis, SIGKILL);
+	harness_wait_exit(redis, 10000);
+	harness_proc_free(redis);
+	redis = NULL;
+	while (harness_now_ms() < t0 + 16000)
+		usleep(10000);
+	redis = fixture_redis_start(fx.dir, "redis", NULL, sock, sizeof(sock));
+	cr_assert(redis, "redis did not restart");
+	pthread_join(th, NULL);
+
+	cr_expect_eq(run.errors, 0, "%llu requests got no answer", (unsigned long long)run.errors);
+	uint64_t answered = 0;
+	for (int s = 0; s < 600; s++)
+		answered += run.by_status[s];
+	cr_expect_eq(run.by_status[200] + run.by_status[429] + run.by_status[503], answered,
+	             "answers other than 200, 429 or 503");
+	json_t *log = oracle_fetch_log(fx.mock_ctl);
+	/* Within the fallback shares (N / 4 each after a full window) the window still holds. */
+	expect_contract(log, k.mock_key[0], "chaos, key 0", 0);
+	expect_contract(log, k.mock_key[1], "chaos, key 1", 0);
+	json_decref(log);
+	for (int i = 0; i < N_PROXIES; i++) {
+		cr_expect_geq(fixture_metric_at(admins[i], "ghlproxy_redis_fallbacks_total"), 1,
+		              "proxy %d never fell back", i);
+		cr_expect_eq(fixture_metric_at(admins[i], "ghlproxy_redis_up"), 1,
+		             "proxy %d did not come back to the shared limiter", i);
+	}
+	/* Back in shared mode for real: a fresh run keeps the full contract again. */
+	fixture_mock_reset(fx.mock_ctl);
+	memset(run.by_status, 0, sizeof(run.by_status));
+	run_clients(&run, 16, 12000);
+	log = oracle_fetch_log(fx.mock_ctl);
+	expect_contract(log, k.mock_key[0], "after restart, key 0", 0.90);
+	json_decref(log);
+	free_keys(&k);
+}
+
+/* The script cache flushed mid-run (what a Redis restart or an operator's SCRIPT FLUSH does):
+ * the proxies load the script again and go on, without falling back. */
+static void *flush_later(void *a)
+{
+	int64_t at = *(int64_t *)a;
+
+	while (harness_now_ms() < at)
+		usleep(10000);
+	redisContext *c = redisConnectUnix(redis_sock);
+	if (c && !c->err) {
+		redisReply *rep = redisCommand(c, "SCRIPT FLUSH");
+		freeReplyObject(rep);
+	}
+	if (c)
+		redisFree(c);
+	return NULL;
+}
+
+Test(shared, script_flush_mid_run)
+{
+	struct keys k;
+	struct run run = { .n_proxies = 2, .lock = PTHREAD_MUTEX_INITIALIZER };
+	pthread_t th;
+
+	start(2, NULL);
+	make_keys(&k);
+	run.k = &k;
+	int64_t at = harness_now_ms() + 4000;
+	pthread_create(&th, NULL, flush_later, &at);
+	run_clients(&run, 8, 10000);
+	pthread_join(th, NULL);
+	cr_expect_eq(run.errors, 0);
+	json_t *log = oracle_fetch_log(fx.mock_ctl);
+	expect_contract(log, k.mock_key[0], "flush, key 0", 0.95);
+	json_decref(log);
+	for (int i = 0; i < 2; i++)
+		cr_expect_eq(fixture_metric_at(admins[i], "ghlproxy_redis_fallbacks_total"), 0,
+		             "proxy %d fell back on NOSCRIPT", i);
+	free_keys(&k);
+}
