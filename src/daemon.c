@@ -203,9 +203,9 @@ static bool ready_redis(void *arg, char *why, size_t why_len)
 {
 	struct limiter *l = arg;
 
-	if (limiter_shared_up(l))
+	if (limiter_redis_reachable_now(l))
 		return true;
-	snprintf(why, why_len, "redis unreachable: admitting with each key's local share");
+	snprintf(why, why_len, "redis unreachable (limits.on_redis_down applies)");
 	return false;
 }
 

@@ -632,6 +632,11 @@ bool limiter_shared_up(const struct limiter *l)
 	return l->redis && limiter_redis_up(l->redis);
 }
 
+bool limiter_redis_reachable_now(const struct limiter *l)
+{
+	return l->redis && limiter_redis_reachable(l->redis);
+}
+
 bool limiter_uses_redis(const struct limiter *l)
 {
 	return l->redis != NULL;

@@ -122,6 +122,8 @@ void limiter_get_stats(const struct limiter *l, struct limiter_stats *st);
 /* limits.backend = redis? And is Redis reachable now (else each key falls back)? */
 bool limiter_uses_redis(const struct limiter *l);
 bool limiter_shared_up(const struct limiter *l);
+/* Redis answers (it may still be rejoining: deciding locally at its share for a moment). */
+bool limiter_redis_reachable_now(const struct limiter *l);
 uint32_t limiter_n_waiting(const struct limiter *l);
 
 /* One key, as /status shows it. */

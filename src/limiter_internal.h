@@ -126,6 +126,7 @@ void limiter_redis_fallback(struct lkey *k);
 /* The key must stay: a script call about it is out. */
 bool limiter_redis_key_busy(const struct lkey *k);
 bool limiter_redis_up(const struct limiter_redis *r);
+bool limiter_redis_reachable(const struct limiter_redis *r);
 /* Known to be unreachable (not merely "not reached yet" at start). */
 bool limiter_redis_down(const struct limiter_redis *r);
 bool limiter_redis_reject_when_down(const struct limiter_redis *r);

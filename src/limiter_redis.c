@@ -816,6 +816,11 @@ bool limiter_redis_up(const struct limiter_redis *r)
 	return r && r->up && !r->rejoin_at;
 }
 
+bool limiter_redis_reachable(const struct limiter_redis *r)
+{
+	return r && r->up;
+}
+
 bool limiter_redis_reject_when_down(const struct limiter_redis *r)
 {
 	return r && r->reject_mode && r->known && !r->up;

@@ -816,3 +816,57 @@ Test(listen, remote_address_refused_without_allow_remote)
 	harness_proc_free(p);
 	fixture_stop(&fx);
 }
+
+/* --- log format --- */
+
+TestSuite(logs, .timeout = 60);
+
+/* log.format = json: every line the proxy writes is one JSON object with a level and a message,
+ * the request line carries method, path (no query), status, upstream_ms and bytes, and no
+ * credential appears anywhere. */
+Test(logs, json_lines_without_secrets)
+{
+	struct fixture_opts o = { .proxy_conf = "[log]\nformat = json\n" };
+	struct httpc_response r;
+	const char *token = "pit-0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
+	char hdr[128];
+
+	fixture_start(&fx, &o);
+	snprintf(hdr, sizeof(hdr), "Authorization: Bearer %s\r\n", token);
+	req("POST", "/contacts/json?secret_query=hunter2&locationId=LOCJ", hdr, "{\"a\":1}", 7, &r);
+	cr_expect_eq(r.status, 200);
+	httpc_response_free(&r);
+	cr_expect_eq(fixture_stop_proxy(&fx), 0);
+	char *log = harness_log(fx.proxy);
+	cr_assert(log);
+	int lines = 0, request_lines = 0;
+	for (char *save = NULL, *line = strtok_r(log, "\n", &save); line;
+	     line = strtok_r(NULL, "\n", &save)) {
+		json_error_t err;
+		json_t *j = json_loads(line, 0, &err);
+		cr_expect(j != NULL && json_is_object(j), "not a JSON object: %s", line);
+		lines++;
+		if (!j)
+			continue;
+		cr_expect(json_is_string(json_object_get(j, "level")), "no level: %s", line);
+		cr_expect(json_is_string(json_object_get(j, "msg")), "no msg: %s", line);
+		json_t *path = json_object_get(j, "path");
+		if (path && json_object_get(j, "status")) {
+			request_lines++;
+			cr_expect_str_eq(json_string_value(path), "/contacts/json");
+			cr_expect_str_eq(json_string_value(json_object_get(j, "method")), "POST");
+			cr_expect_eq(json_integer_value(json_object_get(j, "status")), 200);
+			cr_expect(json_object_get(j, "upstream_ms") != NULL);
+			cr_expect(json_object_get(j, "bytes") != NULL);
+		}
+		json_decref(j);
+	}
+	free(log);
+	cr_expect_geq(lines, 3, "too few log lines");
+	cr_expect_eq(request_lines, 1, "one request line expected");
+	log = harness_log(fx.proxy);
+	cr_expect_null(strstr(log, "hunter2"), "the query was logged");
+	cr_expect_null(strstr(log, "0a1b2c3d"), "a token fragment was logged");
+	free(log);
+	stop_clean();
+}

@@ -58,7 +58,7 @@ static void stop(void)
 }
 
 /* The mock (strict, jittered), Redis, and n proxies on it; skew[i]: proxy i's clock offset. */
-static void start(int n, const int *skew_ms)
+static void start_env(int n, const int *skew_ms, const char *env_extra)
 {
 	struct fixture_opts o = {
 		.mock_args = "--limit 20 --window-ms 2000 --jitter-ms 20",
@@ -75,7 +75,7 @@ static void start(int n, const int *skew_ms)
 	         redis_sock);
 	for (int i = 0; i < n; i++) {
 		char name[16], skew[64];
-		char *env[] = { "GHLPROXY_LIMITS_BACKEND=redis", skew, NULL };
+		char *env[] = { "GHLPROXY_LIMITS_BACKEND=redis", skew, (char *)env_extra, NULL };
 		snprintf(name, sizeof(name), "proxy%d", i);
 		snprintf(skew, sizeof(skew), "GHLPROXY_TEST_CLOCK_SKEW_MS=%d",
 		         skew_ms ? skew_ms[i] : 0);
@@ -92,6 +92,11 @@ static void start(int n, const int *skew_ms)
 		cr_assert_eq(fixture_metric_at(admins[i], "ghlproxy_redis_up"), 1,
 		             "proxy %d never reached Redis", i);
 	}
+}
+
+static void start(int n, const int *skew_ms)
+{
+	start_env(n, skew_ms, NULL);
 }
 
 struct keys {
@@ -359,5 +364,83 @@ Test(shared, script_flush_mid_run)
 	for (int i = 0; i < 2; i++)
 		cr_expect_eq(fixture_metric_at(admins[i], "ghlproxy_redis_fallbacks_total"), 0,
 		             "proxy %d fell back on NOSCRIPT", i);
+	free_keys(&k);
+}
+
+/* One GET through proxy i; returns the status (-1: no answer) and the body and Retry-After. */
+static int get_status(const char *addr, const char *auth, char *retry_after, size_t ra_len)
+{
+	struct httpc_response r = { 0 };
+	char rq[4096];
+	int fd = httpc_connect(addr);
+
+	if (fd < 0)
+		return -1;
+	int n = snprintf(rq, sizeof(rq), "GET /contacts/ HTTP/1.1\r\nHost: x\r\n%s\r\n", auth);
+	int status = -1;
+	if (httpc_send_all(fd, rq, (size_t)n) == 0 &&
+	    httpc_read_response(fd, &r, false, 10000) == 0)
+		status = r.status;
+	if (retry_after) {
+		const char *ra = httpc_header(&r, "Retry-After");
+		snprintf(retry_after, ra_len, "%s", ra ? ra : "");
+	}
+	httpc_response_free(&r);
+	httpc_close(fd);
+	return status;
+}
+
+static int readyz(const char *admin, char *body, size_t len)
+{
+	struct httpc_response r = { 0 };
+	int st = httpc_request(admin, "GET", "/readyz", NULL, NULL, 0, &r, 5000) == 0 ? r.status
+	                                                                              : -1;
+	snprintf(body, len, "%.*s", (int)r.body_len, r.body ? (const char *)r.body : "");
+	httpc_response_free(&r);
+	return st;
+}
+
+/* limits.on_redis_down = reject: with Redis gone every request is answered 503 with Retry-After
+ * at once (nothing forwarded), /readyz says Redis is the reason; when Redis returns, requests go
+ * through again and /readyz is 200, without a restart of the proxy. */
+Test(shared, on_redis_down_reject)
+{
+	struct keys k;
+	char ra[64], body[512], sock[300];
+
+	start_env(1, NULL, "GHLPROXY_LIMITS_ON_REDIS_DOWN=reject");
+	make_keys(&k);
+	cr_expect_eq(readyz(admins[0], body, sizeof(body)), 200, "readyz with Redis up: %s", body);
+	cr_expect_eq(get_status(addrs[0], k.auth[0], NULL, 0), 200);
+
+	harness_kill(redis, SIGKILL);
+	harness_wait_exit(redis, 10000);
+	harness_proc_free(redis);
+	redis = NULL;
+	int before = fixture_mock_count(fx.mock_ctl);
+	int64_t until = harness_now_ms() + 10000;
+	int st = 0;
+	while (harness_now_ms() < until &&
+	       (st = get_status(addrs[0], k.auth[0], ra, sizeof(ra))) != 503)
+		usleep(50000);
+	cr_expect_eq(st, 503, "no 503 while Redis is down (last %d)", st);
+	cr_expect(ra[0] != '\0' && atoi(ra) >= 1, "503 without a usable Retry-After: '%s'", ra);
+	/* Once the proxy knows Redis is down, nothing more reaches the upstream. */
+	int mid = fixture_mock_count(fx.mock_ctl);
+	for (int i = 0; i < 5; i++)
+		cr_expect_eq(get_status(addrs[0], k.auth[0], NULL, 0), 503);
+	cr_expect_eq(fixture_mock_count(fx.mock_ctl), mid, "forwarded while Redis was down");
+	cr_expect_leq(mid - before, 1);
+	cr_expect_eq(readyz(admins[0], body, sizeof(body)), 503);
+	cr_expect(strstr(body, "redis") != NULL, "readyz does not name Redis: %s", body);
+
+	redis = fixture_redis_start(fx.dir, "redis", NULL, sock, sizeof(sock));
+	cr_assert(redis, "redis did not restart");
+	until = harness_now_ms() + 15000;
+	while (harness_now_ms() < until && (st = get_status(addrs[0], k.auth[0], NULL, 0)) != 200)
+		usleep(100000);
+	cr_expect_eq(st, 200, "requests did not go through after Redis came back");
+	cr_expect_eq(readyz(admins[0], body, sizeof(body)), 200, "readyz after Redis returned: %s",
+	             body);
 	free_keys(&k);
 }
