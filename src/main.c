@@ -3,6 +3,7 @@
  *   ghlproxy [-c FILE] [-o section.key=value]...      run
  *   ghlproxy -t [-c FILE] [-o ...]                     check the configuration and exit
  *   ghlproxy -V                                        print the version
+ *   ghlproxy [-c FILE] [-o ...] token import|list|remove ...   manage OAuth tokens (token_cli.c)
  * Configuration precedence: built-in defaults < FILE < GHLPROXY_* environment < -o.
  */
 #include <getopt.h>
@@ -14,6 +15,7 @@
 #include "build_config.h"
 #include "config.h"
 #include "daemon.h"
+#include "token_cli.h"
 
 extern char **environ;
 
@@ -25,6 +27,10 @@ static void usage(FILE *f)
 	        "Usage: ghlproxy [-c FILE] [-o section.key=value]...\n"
 	        "       ghlproxy -t [-c FILE] [-o section.key=value]...\n"
 	        "       ghlproxy -V\n"
+	        "       ghlproxy [-c FILE] [-o section.key=value]... token import --resource ID "
+	        "--user-type Location|Company\n"
+	        "       ghlproxy [-c FILE] [-o section.key=value]... token list\n"
+	        "       ghlproxy [-c FILE] [-o section.key=value]... token remove --resource ID\n"
 	        "\n"
 	        "A rate-limiting reverse proxy for the HighLevel API.\n"
 	        "\n"
@@ -33,6 +39,9 @@ static void usage(FILE *f)
 	        "  -t        check the configuration, print every error, and exit\n"
 	        "  -V        print the version and exit\n"
 	        "  -h        this help\n"
+	        "\n"
+	        "token import reads the refresh token from standard input, never from the command\n"
+	        "line; the tokens live where the daemon keeps them (store.path, or Redis).\n"
 	        "\n"
 	        "Every key can also be set as GHLPROXY_SECTION_KEY in the environment.\n",
 	        DEFAULT_CONFIG);
@@ -48,7 +57,9 @@ int main(int argc, char **argv)
 
 	if (!overrides)
 		return 1;
-	while ((opt = getopt(argc, argv, "c:o:tVh")) != -1) {
+	/* '+': options stop at the first word, so `token import --resource ...` is the token
+	 * command's to parse. */
+	while ((opt = getopt(argc, argv, "+c:o:tVh")) != -1) {
 		switch (opt) {
 		case 'c':
 			config_path = optarg;
@@ -73,8 +84,11 @@ int main(int argc, char **argv)
 			return 2;
 		}
 	}
-	if (optind < argc) {
-		fprintf(stderr, "ghlproxy: unexpected argument '%s'\n", argv[optind]);
+	bool is_token_cmd = optind < argc && strcmp(argv[optind], "token") == 0;
+	if (optind < argc && (!is_token_cmd || check_only)) {
+		/* Not echoed: it may be a secret typed in the wrong place. */
+		fprintf(stderr, "ghlproxy: unexpected argument%s\n",
+		        is_token_cmd ? ": -t takes no command" : "");
 		usage(stderr);
 		free(overrides);
 		return 2;
@@ -92,6 +106,12 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	config_errors_deinit(&errs);
+	if (is_token_cmd) {
+		int trc = token_cli_main(cfg, argc - optind, argv + optind);
+		config_free(cfg);
+		free(overrides);
+		return trc;
+	}
 	if (check_only) {
 		printf("%s: configuration is valid\n", config_path ? config_path : "(defaults)");
 		config_free(cfg);
