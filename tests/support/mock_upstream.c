@@ -10,6 +10,16 @@
  *  - with --limit N --window-ms W it limits calls per key like HighLevel (sliding or fixed
  *    windows, optional rolling daily limit) and answers 429 with lower-case X-RateLimit-* headers;
  *  - /__mock/ is control (log, reset, stats, spend), never recorded nor limited.
+ *  - with --oauth-client-id ID --oauth-client-secret S it is HighLevel's OAuth, strictly:
+ *    POST /oauth/token (authorization_code, refresh_token with single-use rotating refresh
+ *    tokens; a spent one presented again is counted as a reuse), POST /oauth/locationToken,
+ *    JWT-shaped access tokens living --oauth-access-ttl-ms (claims like HighLevel's, iat/exp in
+ *    fractional seconds), and 401 Invalid JWT for its own tokens once expired, revoked or never
+ *    issued (other bearers are answered as without OAuth). Calls under /oauth/ are recorded (key
+ *    "oauth", an "oauth" object saying what happened, never a token or secret) but not limited;
+ *    --oauth-delay-ms holds their answers (decided on arrival) to expose concurrent refreshes.
+ *    Control under /__mock/oauth/ (code, seed, inactive, revoke, stats); /__mock/reset forgets
+ *    every token too.
  * Readiness: one datagram "READY=1\nX_MOCK_LISTEN=host:port\nX_MOCK_CONTROL=host:port\n" to
  * $NOTIFY_SOCKET once bound. With TLS, X_MOCK_CONTROL is a second, plain-HTTP listener on
  * 127.0.0.1 that serves only /__mock/ (tests' httpc speaks plain TCP); without TLS it is the
@@ -17,7 +27,7 @@
  * SIGTERM/SIGINT end it with status 0; SIGPIPE is ignored; client errors never end it.
  *
  * Request life (struct call): mock_request_cb -> (jitter timer) -> call_process: count, record,
- * decide -> reply now, or after a timer (slow), or streamed (big) -> freed by exactly one of
+ * decide -> reply now, or after a timer (slow, OAuth delay), or streamed (big) -> freed by one of
  * on_request_complete (reply written), on_conn_close (connection freed under it) or the code
  * that frees the connection itself (close, truncate).
  */
@@ -41,6 +51,7 @@
 #include <arpa/inet.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -67,6 +78,13 @@
 #define TRUNCATE_ANNOUNCED 100000
 #define TRUNCATE_SENT      1000
 #define CONN_TIMEOUT_S     300
+#define OAUTH_MAX_BODY     65536              /* a token call's form or JSON, bytes */
+#define OAUTH_REFRESH_MS   (366LL * 86400000) /* refresh tokens' exp claim: a year */
+#define OAUTH_SIG_BYTES    256                /* an RS256 signature's size; the bytes are random */
+#define OAUTH_SWEEP_AT     10000              /* access tokens kept before expired ones go */
+#define OAUTH_MAX_TOKENS   1000000            /* refresh tokens kept (spent ones too) */
+/* The scope every token gets (space-separated, as HighLevel answers it). */
+#define OAUTH_SCOPE "contacts.readonly contacts.write locations.readonly oauth.readonly oauth.write"
 
 struct options {
 	const char *listen;
@@ -80,6 +98,10 @@ struct options {
 	bool count_rejected;
 	uint64_t seed;
 	bool has_seed;
+	const char *oauth_client_id; /* "<24 hex app id>-<suffix>"; NULL: OAuth off */
+	const char *oauth_client_secret;
+	long oauth_access_ttl_ms; /* access tokens' life */
+	long oauth_delay_ms;      /* /oauth/token and /oauth/locationToken answer this late */
 };
 
 /* Times (monotonic ms) at which calls were counted against one key, ascending. */
@@ -97,7 +119,10 @@ enum call_step {
 	STEP_SLOW,    /* slow delay done: answer */
 	STEP_CLOSE,   /* drop the connection without answering */
 	STEP_ABANDON, /* the connection went away under a detached request: free it */
+	STEP_OAUTH,   /* --oauth-delay-ms done: send the answer decided on arrival */
 };
+
+struct oauth_res;
 
 struct call {
 	struct evhttp_request *req;
@@ -107,11 +132,15 @@ struct call {
 	bool replied;   /* evhttp_send_reply* / _end called: libevent owns req from now on */
 	bool streaming; /* evhttp_send_reply_start called */
 	uint64_t big_left;
+	json_t *oauth_body; /* a delayed OAuth answer (owned), with its status */
+	int oauth_status;
+	struct oauth_res *refreshing; /* a refresh of this resource in progress, or NULL */
+	unsigned refreshing_epoch;    /* the OAuth state it belongs to (see oauth_reset) */
 	struct call *prev;
 	struct call *next;
 };
 
-static struct options g_opt = { .window_ms = 10000 };
+static struct options g_opt = { .window_ms = 10000, .oauth_access_ttl_ms = 86399000 };
 static struct event_base *g_base;
 static struct evhttp *g_http;
 static struct evhttp *g_ctl_http; /* plain control listener, only with TLS */
@@ -476,17 +505,14 @@ static unsigned char *b64url_decode(const char *s, size_t n, size_t *out_len)
 	return out;
 }
 
-/* "<oauthMeta.client>:<authClassId>" from a JWT's payload, or NULL. */
-static char *jwt_key(const char *token)
+/* The claims object of a JWT-shaped token (three dot-separated parts), or NULL. */
+static json_t *jwt_claims(const char *token)
 {
 	const char *d1 = strchr(token, '.');
 	const char *d2 = d1 == NULL ? NULL : strchr(d1 + 1, '.');
 	unsigned char *payload;
 	size_t len = 0;
 	json_t *claims;
-	const char *client;
-	const char *cls;
-	char *key = NULL;
 
 	if (d2 == NULL || strchr(d2 + 1, '.') != NULL) {
 		return NULL;
@@ -499,6 +525,20 @@ static char *jwt_key(const char *token)
 	free(payload);
 	if (!json_is_object(claims)) {
 		json_decref(claims);
+		return NULL;
+	}
+	return claims;
+}
+
+/* "<oauthMeta.client>:<authClassId>" from a JWT's payload, or NULL. */
+static char *jwt_key(const char *token)
+{
+	json_t *claims = jwt_claims(token);
+	const char *client;
+	const char *cls;
+	char *key = NULL;
+
+	if (claims == NULL) {
 		return NULL;
 	}
 	client = json_string_value(json_object_get(json_object_get(claims, "oauthMeta"), "client"));
@@ -598,6 +638,530 @@ static void request_keys(struct evhttp_request *req, char **burst, char **daily)
 		*burst = NULL;
 	}
 	*daily = *burst == NULL ? NULL : strdup(*burst);
+}
+
+/* ---- OAuth state (only with --oauth-client-id) ---- */
+
+/*
+ * HighLevel's OAuth, strictly (highlevel-api.md): refresh tokens are single use and rotate; a
+ * spent one presented again is a reuse, the mistake that loses an installation, so it is
+ * counted apart from tokens that are merely unknown. An access token lives until its exp even
+ * after a refresh handed out a newer one (HighLevel does the same). There is no 30 s grace
+ * window for identical refresh calls: the mock judges, so a repeated refresh is a reuse.
+ * Everything here is freed and forgotten by oauth_reset; g_oauth.epoch tells calls in flight
+ * that the resource they point at is gone.
+ */
+
+enum oauth_type { OAUTH_LOCATION, OAUTH_COMPANY };
+
+/* One installation of the app: a location or a company. */
+struct oauth_res {
+	char *id;
+	enum oauth_type type;
+	char *company_id;   /* the agency of a location, "" when unknown */
+	char user_id[24];   /* derived from id: stable across refreshes */
+	json_t *approved;   /* Company: approvedLocations (array, owned) or NULL */
+	long inactive_left; /* refreshes still to answer "Location is not active" */
+	long refreshing;    /* refresh calls decided and not yet answered */
+	long concurrent_max;
+	long refreshes;
+	long reuses;
+	struct oauth_res *next;
+};
+
+enum oauth_rt_state {
+	RT_LIVE,
+	RT_SPENT,   /* rotated away: presenting it is a reuse */
+	RT_REVOKED, /* killed by a new install or /__mock/oauth/revoke: merely invalid */
+};
+
+struct oauth_rt {
+	char *token;
+	struct oauth_res *res;
+	enum oauth_rt_state state;
+	struct oauth_rt *next;
+};
+
+struct oauth_at {
+	char *token;
+	struct oauth_res *res;
+	int64_t exp_wall_ms; /* the exp claim, in ms: the token is live while now <= exp */
+	bool revoked;
+	struct oauth_at *next;
+};
+
+struct oauth_code {
+	char *code;
+	struct oauth_res *res;
+	char *redirect_uri; /* NULL: any */
+	bool used;
+	struct oauth_code *next;
+};
+
+/* The counters of /__mock/oauth/stats, in its order. */
+#define OAUTH_STATS(X)                                                                    \
+	X(refreshes)        /* successful refresh_token grants */                         \
+	X(code_exchanges)   /* successful authorization_code grants */                    \
+	X(reuses)           /* a spent refresh token presented again */                   \
+	X(invalid_grants)   /* unknown or revoked refresh token, unknown or used code */  \
+	X(location_tokens)  /* successful /oauth/locationToken calls */                   \
+	X(unauthorized)     /* 401 Invalid JWT answers */                                 \
+	X(inactive_answers) /* 400 Location is not active answers */                      \
+	X(concurrent_max)   /* most refresh calls in progress at once for one resource */ \
+	X(bad_client)       /* 401 for wrong client credentials */                        \
+	X(bad_requests)     /* other 4xx of the OAuth endpoints (fields, content type, ...) */
+
+struct oauth_stats {
+#define X(name) long name;
+	OAUTH_STATS(X)
+#undef X
+};
+
+static struct {
+	char app_id[25]; /* the 24 hex digits before the client id's '-' */
+	struct oauth_res *res;
+	struct oauth_rt *rts;
+	struct oauth_at *ats;
+	struct oauth_code *codes;
+	size_t n_rts;
+	size_t n_ats;
+	struct oauth_stats st;
+	unsigned epoch; /* bumped by oauth_reset */
+} g_oauth;
+
+static bool oauth_on(void)
+{
+	return g_opt.oauth_client_id != NULL;
+}
+
+static int64_t wall_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static const char *oauth_type_name(enum oauth_type t)
+{
+	return t == OAUTH_COMPANY ? "Company" : "Location";
+}
+
+static bool oauth_type_parse(const char *s, enum oauth_type *out)
+{
+	if (s != NULL && strcmp(s, "Location") == 0) {
+		*out = OAUTH_LOCATION;
+		return true;
+	}
+	if (s != NULL && strcmp(s, "Company") == 0) {
+		*out = OAUTH_COMPANY;
+		return true;
+	}
+	return false;
+}
+
+static void oauth_reset(void)
+{
+	while (g_oauth.res != NULL) {
+		struct oauth_res *r = g_oauth.res;
+
+		g_oauth.res = r->next;
+		free(r->id);
+		free(r->company_id);
+		json_decref(r->approved);
+		free(r);
+	}
+	while (g_oauth.rts != NULL) {
+		struct oauth_rt *t = g_oauth.rts;
+
+		g_oauth.rts = t->next;
+		free(t->token);
+		free(t);
+	}
+	while (g_oauth.ats != NULL) {
+		struct oauth_at *t = g_oauth.ats;
+
+		g_oauth.ats = t->next;
+		free(t->token);
+		free(t);
+	}
+	while (g_oauth.codes != NULL) {
+		struct oauth_code *k = g_oauth.codes;
+
+		g_oauth.codes = k->next;
+		free(k->code);
+		free(k->redirect_uri);
+		free(k);
+	}
+	g_oauth.n_rts = g_oauth.n_ats = 0;
+	memset(&g_oauth.st, 0, sizeof(g_oauth.st));
+	g_oauth.epoch++;
+}
+
+static struct oauth_res *oauth_res_find(const char *id)
+{
+	for (struct oauth_res *r = g_oauth.res; r != NULL; r = r->next) {
+		if (strcmp(r->id, id) == 0) {
+			return r;
+		}
+	}
+	return NULL;
+}
+
+/* Find or create the resource `id`, then (re)describe it. NULL on allocation failure. */
+static struct oauth_res *oauth_res_set(const char *id, enum oauth_type type, const char *company,
+                                       json_t *approved)
+{
+	struct oauth_res *r = oauth_res_find(id);
+	char hash[17];
+	char *cid = strdup(company == NULL ? "" : company);
+
+	if (cid == NULL) {
+		return NULL;
+	}
+	if (r == NULL) {
+		r = calloc(1, sizeof(*r));
+		if (r == NULL || (r->id = strdup(id)) == NULL) {
+			free(r);
+			free(cid);
+			return NULL;
+		}
+		token_hash(id, hash);
+		snprintf(r->user_id, sizeof(r->user_id), "user%s", hash);
+		r->next = g_oauth.res;
+		g_oauth.res = r;
+	} else if (company == NULL && r->company_id[0] != '\0') {
+		free(cid);
+		cid = strdup(r->company_id); /* keep what was known */
+		if (cid == NULL) {
+			return NULL;
+		}
+	}
+	free(r->company_id);
+	r->company_id = cid;
+	r->type = type;
+	if (approved != NULL) {
+		json_decref(r->approved);
+		r->approved = json_incref(approved);
+	}
+	return r;
+}
+
+static char *b64url_encode(const unsigned char *in, size_t n)
+{
+	static const char digits[] =
+	        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+	char *out = malloc(n / 3 * 4 + 5);
+	size_t k = 0;
+	size_t i = 0;
+
+	if (out == NULL) {
+		return NULL;
+	}
+	for (; i + 2 < n; i += 3) {
+		uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
+
+		out[k++] = digits[v >> 18];
+		out[k++] = digits[(v >> 12) & 63];
+		out[k++] = digits[(v >> 6) & 63];
+		out[k++] = digits[v & 63];
+	}
+	if (i < n) {
+		uint32_t v = (uint32_t)in[i] << 16 | (i + 1 < n ? (uint32_t)in[i + 1] << 8 : 0);
+
+		out[k++] = digits[v >> 18];
+		out[k++] = digits[(v >> 12) & 63];
+		if (i + 1 < n) {
+			out[k++] = digits[(v >> 6) & 63];
+		}
+	}
+	out[k] = '\0';
+	return out;
+}
+
+/*
+ * A JWT-shaped token: base64url header, claims plus "iat" and "exp" as fractional seconds
+ * with three decimals (like HighLevel's), and OAUTH_SIG_BYTES random bytes as the signature,
+ * which makes every token unique. NULL on failure.
+ */
+static char *oauth_jwt(json_t *claims, int64_t iat_ms, int64_t exp_ms)
+{
+	static const char header[] = "{\"alg\":\"RS256\",\"typ\":\"JWT\"}";
+	unsigned char sig[OAUTH_SIG_BYTES];
+	char *text = json_dumps(claims, JSON_COMPACT);
+	char *payload = NULL;
+	char *h64 = NULL;
+	char *p64 = NULL;
+	char *s64 = NULL;
+	char *token = NULL;
+	size_t len;
+
+	/* Splice the two numbers in by hand: jansson would print 17 significant digits. */
+	if (text == NULL || (len = strlen(text)) < 2 || text[len - 1] != '}') {
+		goto out;
+	}
+	text[len - 1] = '\0';
+	if (asprintf(&payload, "%s%s\"iat\":%lld.%03lld,\"exp\":%lld.%03lld}", text,
+	             len > 2 ? "," : "", (long long)(iat_ms / 1000), (long long)(iat_ms % 1000),
+	             (long long)(exp_ms / 1000), (long long)(exp_ms % 1000)) < 0) {
+		payload = NULL;
+		goto out;
+	}
+	if (RAND_bytes(sig, sizeof(sig)) != 1) {
+		goto out;
+	}
+	h64 = b64url_encode((const unsigned char *)header, strlen(header));
+	p64 = b64url_encode((const unsigned char *)payload, strlen(payload));
+	s64 = b64url_encode(sig, sizeof(sig));
+	if (h64 == NULL || p64 == NULL || s64 == NULL ||
+	    asprintf(&token, "%s.%s.%s", h64, p64, s64) < 0) {
+		token = NULL;
+	}
+out:
+	free(text);
+	free(payload);
+	free(h64);
+	free(p64);
+	free(s64);
+	return token;
+}
+
+/* iat now (ms), never on a whole second, so that the claim always shows its fraction. */
+static int64_t oauth_iat_ms(void)
+{
+	int64_t t = wall_ms();
+
+	return t % 1000 == 0 ? t + 1 : t;
+}
+
+static json_t *oauth_scopes(void)
+{
+	json_t *a = json_array();
+	char buf[] = OAUTH_SCOPE;
+	char *save = NULL;
+
+	for (char *w = strtok_r(buf, " ", &save); w != NULL; w = strtok_r(NULL, " ", &save)) {
+		json_array_append_new(a, json_string(w));
+	}
+	return a;
+}
+
+/* Drop access tokens past their exp once there are many: an expired token and an unknown one
+ * get the same 401, so forgetting them changes no answer. */
+static void oauth_sweep(int64_t now_wall_ms)
+{
+	struct oauth_at **pp = &g_oauth.ats;
+
+	if (g_oauth.n_ats < OAUTH_SWEEP_AT) {
+		return;
+	}
+	while (*pp != NULL) {
+		struct oauth_at *t = *pp;
+
+		if (t->exp_wall_ms < now_wall_ms) {
+			*pp = t->next;
+			free(t->token);
+			free(t);
+			g_oauth.n_ats--;
+		} else {
+			pp = &t->next;
+		}
+	}
+}
+
+/* A new access token for `res`, living --oauth-access-ttl-ms. NULL on failure. */
+static struct oauth_at *oauth_access_new(struct oauth_res *res)
+{
+	int64_t iat = oauth_iat_ms();
+	int64_t exp = iat + g_opt.oauth_access_ttl_ms;
+	struct oauth_at *at;
+	json_t *claims;
+
+	if (exp % 1000 == 0) {
+		exp++;
+	}
+	oauth_sweep(iat);
+	claims = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:{s:o, s:s, s:s, s:s}}",
+	                   "authClass", oauth_type_name(res->type), "authClassId", res->id,
+	                   "primaryAuthClassId", res->id, "source", "INTEGRATION", "sourceId",
+	                   g_opt.oauth_client_id, "channel", "OAUTH", "primaryUserId", res->user_id,
+	                   "oauthMeta", "scopes", oauth_scopes(), "client", g_oauth.app_id,
+	                   "clientKey", g_opt.oauth_client_id, "versionId", g_oauth.app_id);
+	at = calloc(1, sizeof(*at));
+	if (claims == NULL || at == NULL || (at->token = oauth_jwt(claims, iat, exp)) == NULL) {
+		json_decref(claims);
+		free(at);
+		return NULL;
+	}
+	json_decref(claims);
+	at->res = res;
+	at->exp_wall_ms = exp;
+	at->next = g_oauth.ats;
+	g_oauth.ats = at;
+	g_oauth.n_ats++;
+	return at;
+}
+
+/* A new live refresh token for `res`; the one live before it is revoked (one installation has
+ * one refresh token), unless the caller spends it. NULL on failure. */
+static struct oauth_rt *oauth_refresh_new(struct oauth_res *res)
+{
+	int64_t iat = oauth_iat_ms();
+	struct oauth_rt *rt;
+	json_t *claims;
+
+	if (g_oauth.n_rts >= OAUTH_MAX_TOKENS) {
+		return NULL;
+	}
+	claims =
+	        json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "authClass", oauth_type_name(res->type),
+	                  "authClassId", res->id, "source", "INTEGRATION", "sourceId",
+	                  g_opt.oauth_client_id, "channel", "OAUTH", "tokenType", "refresh_token");
+	rt = calloc(1, sizeof(*rt));
+	if (claims == NULL || rt == NULL ||
+	    (rt->token = oauth_jwt(claims, iat, iat + OAUTH_REFRESH_MS)) == NULL) {
+		json_decref(claims);
+		free(rt);
+		return NULL;
+	}
+	json_decref(claims);
+	for (struct oauth_rt *o = g_oauth.rts; o != NULL; o = o->next) {
+		if (o->res == res && o->state == RT_LIVE) {
+			o->state = RT_REVOKED;
+		}
+	}
+	rt->res = res;
+	rt->state = RT_LIVE;
+	rt->next = g_oauth.rts;
+	g_oauth.rts = rt;
+	g_oauth.n_rts++;
+	return rt;
+}
+
+static struct oauth_rt *oauth_rt_find(const char *token)
+{
+	for (struct oauth_rt *t = g_oauth.rts; t != NULL; t = t->next) {
+		if (strcmp(t->token, token) == 0) {
+			return t;
+		}
+	}
+	return NULL;
+}
+
+static struct oauth_at *oauth_at_find(const char *token)
+{
+	for (struct oauth_at *t = g_oauth.ats; t != NULL; t = t->next) {
+		if (strcmp(t->token, token) == 0) {
+			return t;
+		}
+	}
+	return NULL;
+}
+
+/* What a bearer token is worth to the API. */
+enum oauth_verdict {
+	AUTH_FOREIGN, /* not the mock's: answered as without OAuth */
+	AUTH_LIVE,    /* an access token the mock issued, before its exp */
+	AUTH_EXPIRED, /* issued, wall clock past exp */
+	AUTH_REVOKED, /* issued, killed by /__mock/oauth/revoke with access_tokens */
+	AUTH_REFRESH, /* a refresh token sent as an access token */
+	AUTH_UNKNOWN, /* claims of this app (oauthMeta.client or sourceId), never issued */
+};
+
+static const char *oauth_verdict_name(enum oauth_verdict v)
+{
+	switch (v) {
+	case AUTH_FOREIGN:
+		return "foreign";
+	case AUTH_LIVE:
+		return "live";
+	case AUTH_EXPIRED:
+		return "expired";
+	case AUTH_REVOKED:
+		return "revoked";
+	case AUTH_REFRESH:
+		return "refresh_token";
+	case AUTH_UNKNOWN:
+		return "unknown";
+	}
+	return "?";
+}
+
+static enum oauth_verdict oauth_judge(const char *token, struct oauth_at **out)
+{
+	struct oauth_at *at = oauth_at_find(token);
+	enum oauth_verdict v = AUTH_FOREIGN;
+	json_t *claims;
+
+	*out = at;
+	if (at != NULL) {
+		return at->revoked                   ? AUTH_REVOKED
+		       : wall_ms() > at->exp_wall_ms ? AUTH_EXPIRED
+		                                     : AUTH_LIVE;
+	}
+	if (oauth_rt_find(token) != NULL) {
+		return AUTH_REFRESH;
+	}
+	claims = jwt_claims(token);
+	if (claims != NULL) {
+		const char *client = json_string_value(
+		        json_object_get(json_object_get(claims, "oauthMeta"), "client"));
+		const char *source = json_string_value(json_object_get(claims, "sourceId"));
+
+		if ((client != NULL && strcmp(client, g_oauth.app_id) == 0) ||
+		    (source != NULL && strcmp(source, g_opt.oauth_client_id) == 0)) {
+			v = AUTH_UNKNOWN; /* forged, or issued before a reset */
+		}
+		json_decref(claims);
+	}
+	return v;
+}
+
+/* The token of "Authorization: Bearer <token>", or NULL. */
+static const char *bearer_token(struct evhttp_request *req)
+{
+	const char *auth =
+	        evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+
+	if (auth == NULL || strncasecmp(auth, "Bearer ", 7) != 0) {
+		return NULL;
+	}
+	auth += 7;
+	while (*auth == ' ' || *auth == '\t') {
+		auth++;
+	}
+	return auth;
+}
+
+/* The verdict on a request's bearer token; AUTH_FOREIGN without OAuth or without a bearer. */
+static enum oauth_verdict oauth_judge_request(struct evhttp_request *req, struct oauth_at **at)
+{
+	const char *token = oauth_on() ? bearer_token(req) : NULL;
+
+	*at = NULL;
+	return token == NULL ? AUTH_FOREIGN : oauth_judge(token, at);
+}
+
+/* A refresh call of `res` starts (on arrival) or ends (answer sent, or client gone). */
+static void oauth_refresh_begin(struct call *c, struct oauth_res *res)
+{
+	c->refreshing = res;
+	c->refreshing_epoch = g_oauth.epoch;
+	res->refreshing++;
+	if (res->refreshing > res->concurrent_max) {
+		res->concurrent_max = res->refreshing;
+	}
+	if (res->refreshing > g_oauth.st.concurrent_max) {
+		g_oauth.st.concurrent_max = res->refreshing;
+	}
+}
+
+static void oauth_refresh_end(struct call *c)
+{
+	if (c->refreshing != NULL && c->refreshing_epoch == g_oauth.epoch) {
+		c->refreshing->refreshing--;
+	}
+	c->refreshing = NULL;
 }
 
 /* ---- replies ---- */
@@ -702,6 +1266,8 @@ static void call_free(struct call *c)
 	if (c->timer != NULL) {
 		event_free(c->timer);
 	}
+	oauth_refresh_end(c);
+	json_decref(c->oauth_body);
 	free(c);
 }
 
@@ -1005,6 +1571,419 @@ static int call_behave(struct call *c, const char *path, const char *query)
 	return status;
 }
 
+/* ---- OAuth endpoints ---- */
+
+#define OAUTH_RT_INVALID "Invalid grant: refresh token is invalid"
+
+static json_t *oauth_error(int status, const char *msg)
+{
+	return json_pack("{s:i, s:s}", "statusCode", status, "message", msg);
+}
+
+/* Send an OAuth answer (taking `body`) now, or after --oauth-delay-ms. A refresh in progress
+ * ends when its answer goes out. */
+static void oauth_answer(struct call *c, int status, json_t *body)
+{
+	if (g_opt.oauth_delay_ms > 0) {
+		c->oauth_status = status;
+		c->oauth_body = body;
+		call_arm(c, STEP_OAUTH, (double)g_opt.oauth_delay_ms);
+		return;
+	}
+	oauth_refresh_end(c);
+	reply_json(c, status, body);
+	json_decref(body);
+}
+
+/*
+ * The fields of an OAuth call as a JSON object of strings: from a form body
+ * (application/x-www-form-urlencoded), or from a JSON object when `allow_json` (other than
+ * string values are dropped). NULL, with *why, when the body is neither.
+ */
+static json_t *oauth_fields(struct evhttp_request *req, bool allow_json, const char **why)
+{
+	const char *ct = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Type");
+	struct evbuffer *buf = evhttp_request_get_input_buffer(req);
+	size_t len = evbuffer_get_length(buf);
+	json_t *out = NULL;
+	char *text;
+
+	*why = allow_json ? "Content-Type must be application/x-www-form-urlencoded or "
+	                    "application/json"
+	                  : "Content-Type must be application/x-www-form-urlencoded";
+	if (len > OAUTH_MAX_BODY) {
+		*why = "body too large";
+		return NULL;
+	}
+	text = malloc(len + 1);
+	if (text == NULL) {
+		return NULL;
+	}
+	evbuffer_copyout(buf, text, len);
+	text[len] = '\0';
+	if (ct != NULL && strncasecmp(ct, "application/x-www-form-urlencoded", 33) == 0) {
+		struct evkeyvalq q;
+		struct evkeyval *kv;
+
+		TAILQ_INIT(&q);
+		if (strlen(text) == len && evhttp_parse_query_str(text, &q) == 0) {
+			out = json_object();
+			TAILQ_FOREACH(kv, &q, next)
+			{
+				json_object_set_new(out, kv->key, json_cstr(kv->value));
+			}
+		} else {
+			*why = "malformed form body";
+		}
+		evhttp_clear_headers(&q);
+	} else if (allow_json && ct != NULL && strncasecmp(ct, "application/json", 16) == 0) {
+		json_t *j = json_loadb(text, len, 0, NULL);
+		const char *k;
+		json_t *v;
+
+		if (json_is_object(j)) {
+			out = json_object();
+			json_object_foreach(j, k, v)
+			{
+				if (json_is_string(v)) {
+					json_object_set(out, k, v);
+				}
+			}
+		} else {
+			*why = "malformed JSON body";
+		}
+		json_decref(j);
+	}
+	free(text);
+	return out;
+}
+
+static json_int_t oauth_expires_in_s(void)
+{
+	long s = g_opt.oauth_access_ttl_ms / 1000;
+
+	return s < 1 ? 1 : s;
+}
+
+/* The answer of a successful grant, with v2 names; rt may be NULL (locationToken). */
+static json_t *oauth_grant_answer(struct oauth_res *res, struct oauth_at *at, struct oauth_rt *rt)
+{
+	json_t *b = json_pack("{s:s, s:s, s:I}", "access_token", at->token, "token_type", "Bearer",
+	                      "expires_in", oauth_expires_in_s());
+
+	if (rt != NULL) {
+		json_object_set_new(b, "refresh_token", json_string(rt->token));
+	}
+	json_object_set_new(b, "scope", json_string(OAUTH_SCOPE));
+	json_object_set_new(b, "userType", json_string(oauth_type_name(res->type)));
+	if (res->type == OAUTH_COMPANY) {
+		json_object_set_new(b, "companyId", json_cstr(res->id));
+		json_object_set_new(b, "approvedLocations",
+		                    res->approved != NULL ? json_deep_copy(res->approved)
+		                                          : json_array());
+	} else {
+		json_object_set_new(b, "locationId", json_cstr(res->id));
+		if (res->company_id[0] != '\0') {
+			json_object_set_new(b, "companyId", json_cstr(res->company_id));
+		}
+	}
+	json_object_set_new(b, "userId", json_string(res->user_id));
+	return b;
+}
+
+static void oauth_note(json_t *info, const char *outcome, const struct oauth_res *res)
+{
+	json_object_set_new(info, "outcome", json_string(outcome));
+	if (res != NULL) {
+		json_object_set_new(info, "resource", json_cstr(res->id));
+	}
+}
+
+/* grant_type=authorization_code. `ut` is the requested user type, or NULL. */
+static json_t *oauth_grant_code(const char *code, const char *redirect, const enum oauth_type *ut,
+                                json_t *info, int *status)
+{
+	struct oauth_code *k = NULL;
+	struct oauth_rt *rt;
+	struct oauth_at *at;
+
+	*status = 400;
+	if (code == NULL || *code == '\0') {
+		g_oauth.st.bad_requests++;
+		oauth_note(info, "bad_request", NULL);
+		return oauth_error(400, "code is required");
+	}
+	for (k = g_oauth.codes; k != NULL && strcmp(k->code, code) != 0; k = k->next) {
+	}
+	if (k == NULL || k->used) {
+		g_oauth.st.invalid_grants++;
+		oauth_note(info, "invalid_grant", k == NULL ? NULL : k->res);
+		return oauth_error(400, "Invalid grant: authorization code is invalid");
+	}
+	if (k->redirect_uri != NULL &&
+	    (redirect == NULL || strcmp(redirect, k->redirect_uri) != 0)) {
+		g_oauth.st.bad_requests++;
+		oauth_note(info, "bad_request", k->res);
+		return oauth_error(400, "Invalid grant: redirect_uri does not match");
+	}
+	if (ut != NULL && *ut != k->res->type) {
+		g_oauth.st.bad_requests++;
+		oauth_note(info, "bad_request", k->res);
+		return oauth_error(400, "user_type does not match the installation");
+	}
+	rt = oauth_refresh_new(k->res); /* a new install: the old refresh token dies */
+	at = rt == NULL ? NULL : oauth_access_new(k->res);
+	if (at == NULL) {
+		*status = 500;
+		oauth_note(info, "error", k->res);
+		return oauth_error(500, "mock: out of memory");
+	}
+	k->used = true;
+	g_oauth.st.code_exchanges++;
+	*status = 200;
+	oauth_note(info, "ok", k->res);
+	return oauth_grant_answer(k->res, at, rt);
+}
+
+/* grant_type=refresh_token. Decided on arrival: the token is spent even if the answer is then
+ * lost (client gone during --oauth-delay-ms), as it would be upstream. */
+static json_t *oauth_grant_refresh(struct call *c, const char *token, const enum oauth_type *ut,
+                                   json_t *info, int *status)
+{
+	struct oauth_rt *rt = token == NULL ? NULL : oauth_rt_find(token);
+	struct oauth_res *res;
+	struct oauth_rt *nrt;
+	struct oauth_at *at;
+
+	*status = 400;
+	if (token == NULL || *token == '\0') {
+		g_oauth.st.bad_requests++;
+		oauth_note(info, "bad_request", NULL);
+		return oauth_error(400, "refresh_token is required");
+	}
+	if (rt == NULL) {
+		g_oauth.st.invalid_grants++;
+		oauth_note(info, "invalid_grant", NULL);
+		return oauth_error(400, OAUTH_RT_INVALID);
+	}
+	res = rt->res;
+	oauth_refresh_begin(c, res);
+	if (rt->state == RT_SPENT) {
+		g_oauth.st.reuses++;
+		res->reuses++;
+		oauth_note(info, "reuse", res);
+		return oauth_error(400, OAUTH_RT_INVALID);
+	}
+	if (rt->state == RT_REVOKED) {
+		g_oauth.st.invalid_grants++;
+		oauth_note(info, "invalid_grant", res);
+		return oauth_error(400, OAUTH_RT_INVALID);
+	}
+	if (ut != NULL && *ut != res->type) {
+		g_oauth.st.bad_requests++;
+		oauth_note(info, "bad_request", res);
+		return oauth_error(400, "user_type does not match the token");
+	}
+	if (res->inactive_left > 0) {
+		/* Temporary (a paused subscription): the refresh token stays live. */
+		res->inactive_left--;
+		g_oauth.st.inactive_answers++;
+		oauth_note(info, "inactive", res);
+		return oauth_error(400, "Location is not active");
+	}
+	rt->state = RT_SPENT;
+	nrt = oauth_refresh_new(res);
+	at = nrt == NULL ? NULL : oauth_access_new(res);
+	if (at == NULL) {
+		*status = 500;
+		oauth_note(info, "error", res);
+		return oauth_error(500, "mock: out of memory");
+	}
+	g_oauth.st.refreshes++;
+	res->refreshes++;
+	*status = 200;
+	oauth_note(info, "ok", res);
+	return oauth_grant_answer(res, at, nrt);
+}
+
+/*
+ * POST /oauth/token. v2: form fields client_id, client_secret, grant_type, code, refresh_token,
+ * user_type, redirect_uri. With "Version: v3": the same in camelCase (clientId, ...), as a form
+ * or JSON. Returns the status; the answer goes out through oauth_answer.
+ */
+static int oauth_token(struct call *c, json_t *info)
+{
+	const char *version =
+	        evhttp_find_header(evhttp_request_get_input_headers(c->req), "Version");
+	bool v3 = version != NULL && strcmp(version, "v3") == 0;
+	const char *why = NULL;
+	json_t *f = oauth_fields(c->req, v3, &why);
+	const char *id = json_string_value(json_object_get(f, v3 ? "clientId" : "client_id"));
+	const char *secret =
+	        json_string_value(json_object_get(f, v3 ? "clientSecret" : "client_secret"));
+	const char *grant = json_string_value(json_object_get(f, v3 ? "grantType" : "grant_type"));
+	const char *ut_s = json_string_value(json_object_get(f, v3 ? "userType" : "user_type"));
+	enum oauth_type ut = OAUTH_LOCATION;
+	json_t *body;
+	int status = 400;
+
+	json_object_set_new(info, "endpoint", json_string("token"));
+	json_object_set_new(info, "grant_type", json_cstr(grant == NULL ? "" : grant));
+	if (ut_s != NULL) {
+		json_object_set_new(info, "user_type", json_cstr(ut_s));
+	}
+	if (f == NULL) {
+		g_oauth.st.bad_requests++;
+		oauth_note(info, "bad_request", NULL);
+		body = oauth_error(400, why);
+	} else if (id == NULL || secret == NULL || strcmp(id, g_opt.oauth_client_id) != 0 ||
+	           strcmp(secret, g_opt.oauth_client_secret) != 0) {
+		status = 401;
+		g_oauth.st.bad_client++;
+		oauth_note(info, "bad_client", NULL);
+		body = oauth_error(401, "Invalid client credentials");
+	} else if (ut_s != NULL && !oauth_type_parse(ut_s, &ut)) {
+		g_oauth.st.bad_requests++;
+		oauth_note(info, "bad_request", NULL);
+		body = oauth_error(400, "user_type must be Location or Company");
+	} else if (grant != NULL && strcmp(grant, "authorization_code") == 0) {
+		body = oauth_grant_code(
+		        json_string_value(json_object_get(f, "code")),
+		        json_string_value(json_object_get(f, v3 ? "redirectUri" : "redirect_uri")),
+		        ut_s == NULL ? NULL : &ut, info, &status);
+	} else if (grant != NULL && strcmp(grant, "refresh_token") == 0) {
+		body = oauth_grant_refresh(c,
+		                           json_string_value(json_object_get(
+		                                   f, v3 ? "refreshToken" : "refresh_token")),
+		                           ut_s == NULL ? NULL : &ut, info, &status);
+	} else {
+		g_oauth.st.bad_requests++;
+		oauth_note(info, "bad_request", NULL);
+		body = oauth_error(400, "grant_type must be authorization_code or refresh_token");
+	}
+	json_decref(f);
+	oauth_answer(c, status, body);
+	return status;
+}
+
+static bool json_array_has_string(json_t *a, const char *s)
+{
+	size_t i;
+	json_t *v;
+
+	json_array_foreach(a, i, v)
+	{
+		if (json_is_string(v) && strcmp(json_string_value(v), s) == 0) {
+			return true;
+		}
+	}
+	return false;
+}
+
+/* POST /oauth/locationToken: a live Company access token as bearer, fields companyId and
+ * locationId (form, or JSON); answers a Location access token (no refresh token). */
+static int oauth_location_token(struct call *c, json_t *info, enum oauth_verdict v,
+                                struct oauth_at *cat)
+{
+	const char *why = NULL;
+	json_t *f = NULL;
+	const char *company;
+	const char *loc;
+	struct oauth_res *lr;
+	struct oauth_at *at;
+	json_t *body;
+	int status = 400;
+
+	json_object_set_new(info, "endpoint", json_string("locationToken"));
+	if (v != AUTH_LIVE) {
+		status = 401;
+		g_oauth.st.unauthorized++;
+		oauth_note(info, "unauthorized", NULL);
+		json_object_set_new(info, "reason", json_string(oauth_verdict_name(v)));
+		oauth_answer(c, 401, oauth_error(401, "Invalid JWT"));
+		return status;
+	}
+	f = oauth_fields(c->req, true, &why);
+	company = json_string_value(json_object_get(f, "companyId"));
+	loc = json_string_value(json_object_get(f, "locationId"));
+	lr = loc == NULL ? NULL : oauth_res_find(loc);
+	if (cat->res->type != OAUTH_COMPANY) {
+		status = 403;
+		g_oauth.st.bad_requests++;
+		oauth_note(info, "bad_request", cat->res);
+		body = oauth_error(403, "a Company access token is required");
+	} else if (f == NULL) {
+		g_oauth.st.bad_requests++;
+		oauth_note(info, "bad_request", cat->res);
+		body = oauth_error(400, why);
+	} else if (company == NULL || loc == NULL || *loc == '\0') {
+		g_oauth.st.bad_requests++;
+		oauth_note(info, "bad_request", cat->res);
+		body = oauth_error(400, "companyId and locationId are required");
+	} else if (strcmp(company, cat->res->id) != 0) {
+		g_oauth.st.bad_requests++;
+		oauth_note(info, "bad_request", cat->res);
+		body = oauth_error(400, "companyId does not match the token");
+	} else if ((lr != NULL && lr->type != OAUTH_LOCATION) ||
+	           (json_array_size(cat->res->approved) > 0 &&
+	            !json_array_has_string(cat->res->approved, loc))) {
+		g_oauth.st.bad_requests++;
+		oauth_note(info, "bad_request", cat->res);
+		body = oauth_error(400, "location is not approved for this company");
+	} else if ((lr = oauth_res_set(loc, OAUTH_LOCATION, company, NULL)) == NULL ||
+	           (at = oauth_access_new(lr)) == NULL) {
+		status = 500;
+		oauth_note(info, "error", cat->res);
+		body = oauth_error(500, "mock: out of memory");
+	} else {
+		status = 200;
+		g_oauth.st.location_tokens++;
+		oauth_note(info, "ok", lr);
+		body = oauth_grant_answer(lr, at, NULL);
+	}
+	json_decref(f);
+	oauth_answer(c, status, body);
+	return status;
+}
+
+/* 401 Invalid JWT for an API call whose bearer the mock issued but no longer honours. */
+static int oauth_unauthorized(struct call *c, json_t *info, enum oauth_verdict v)
+{
+	json_t *b = oauth_error(401, "Invalid JWT");
+
+	g_oauth.st.unauthorized++;
+	json_object_set_new(info, "outcome", json_string("unauthorized"));
+	json_object_set_new(info, "reason", json_string(oauth_verdict_name(v)));
+	reply_json(c, 401, b);
+	json_decref(b);
+	return 401;
+}
+
+static bool oauth_endpoint(const char *path)
+{
+	return strcmp(path, "/oauth/token") == 0 || strcmp(path, "/oauth/locationToken") == 0;
+}
+
+/* /oauth/token or /oauth/locationToken: POST only (the rest is Express' 404). */
+static int oauth_behave(struct call *c, const char *path, json_t *info, enum oauth_verdict v,
+                        struct oauth_at *at)
+{
+	char msg[64];
+
+	if (evhttp_request_get_command(c->req) != EVHTTP_REQ_POST) {
+		g_oauth.st.bad_requests++;
+		json_object_set_new(info, "outcome", json_string("bad_request"));
+		snprintf(msg, sizeof(msg), "Cannot %s %s",
+		         method_name(evhttp_request_get_command(c->req)), path);
+		oauth_answer(c, 404, oauth_error(404, msg));
+		return 404;
+	}
+	if (strcmp(path, "/oauth/token") == 0) {
+		return oauth_token(c, info);
+	}
+	return oauth_location_token(c, info, v, at);
+}
+
 /* Count the call, record it, and answer (or start answering) it. */
 static void call_process(struct call *c)
 {
@@ -1027,18 +2006,32 @@ static void call_process(struct call *c)
 	struct evkeyval *h;
 	char sha[65];
 	int status;
+	struct oauth_at *at = NULL;
+	enum oauth_verdict verdict = oauth_judge_request(req, &at);
+	bool is_oauth_path;
+	bool is_limited;
+	json_t *info = NULL;
 
 	if (path == NULL) {
 		path = "";
 	}
-	request_keys(req, &bkey, &dkey);
+	/* Nothing under /oauth/ counts against a resource (HighLevel's limits are per resource; its
+	 * token endpoint is not); a rejected token is refused before any limit is counted. */
+	is_oauth_path = oauth_on() && strncmp(path, "/oauth/", 7) == 0;
+	is_limited = !is_oauth_path && (verdict == AUTH_FOREIGN || verdict == AUTH_LIVE);
+	if (is_oauth_path) {
+		bkey = strdup("oauth");
+		dkey = strdup("oauth");
+	} else {
+		request_keys(req, &bkey, &dkey);
+	}
 	if (bkey == NULL || dkey == NULL) {
 		free(bkey);
 		free(dkey);
 		bkey = strdup("anon");
 		dkey = strdup("anon");
 	}
-	if (g_opt.limit > 0) {
+	if (g_opt.limit > 0 && is_limited) {
 		bk = key_find(bkey, true);
 		if (bk != NULL) {
 			key_prune(bk, t);
@@ -1046,7 +2039,7 @@ static void call_process(struct call *c)
 		bcount = burst_count(bk, t);
 		burst_refused = bcount >= (size_t)g_opt.limit;
 	}
-	if (g_opt.daily > 0) {
+	if (g_opt.daily > 0 && is_limited) {
 		dk = key_find(dkey, true);
 		if (dk != NULL) {
 			key_prune(dk, t);
@@ -1069,14 +2062,14 @@ static void call_process(struct call *c)
 			dcount = daily_count(dk, t);
 		}
 	}
-	if (g_opt.limit > 0) {
+	if (g_opt.limit > 0 && is_limited) {
 		long rem = burst_refused ? 0 : g_opt.limit - (long)bcount;
 
 		add_header_fmt(req, "x-ratelimit-max", "%ld", g_opt.limit);
 		add_header_fmt(req, "x-ratelimit-interval-milliseconds", "%ld", g_opt.window_ms);
 		add_header_fmt(req, "x-ratelimit-remaining", "%ld", rem < 0 ? 0 : rem);
 	}
-	if (g_opt.daily > 0) {
+	if (g_opt.daily > 0 && is_limited) {
 		long rem = daily_refused ? 0 : g_opt.daily - (long)dcount;
 		double reset = DAY_MS;
 
@@ -1106,6 +2099,11 @@ static void call_process(struct call *c)
 	json_array_append(g_log, entry);
 	free(bkey);
 	free(dkey);
+	if (is_oauth_path || verdict != AUTH_FOREIGN) {
+		/* What the OAuth side made of it, never a token or secret. */
+		info = json_object();
+		json_object_set(entry, "oauth", info);
+	}
 
 	if (burst_refused || daily_refused) {
 		json_t *b =
@@ -1114,9 +2112,18 @@ static void call_process(struct call *c)
 		status = 429;
 		reply_json(c, 429, b);
 		json_decref(b);
+	} else if (is_oauth_path && oauth_endpoint(path)) {
+		status = oauth_behave(c, path, info, verdict, at);
+	} else if (verdict != AUTH_FOREIGN && verdict != AUTH_LIVE) {
+		status = oauth_unauthorized(c, info, verdict);
 	} else {
+		if (info != NULL) {
+			json_object_set_new(info, "outcome",
+			                    json_string(oauth_verdict_name(verdict)));
+		}
 		status = call_behave(c, path, query);
 	}
+	json_decref(info);
 	json_object_set_new(entry, "status", json_integer(status));
 	json_decref(entry);
 }
@@ -1142,6 +2149,15 @@ static void call_timer_cb(evutil_socket_t fd, short what, void *arg)
 	case STEP_ABANDON:
 		call_abandon(c);
 		break;
+	case STEP_OAUTH: {
+		json_t *b = c->oauth_body;
+
+		c->oauth_body = NULL;
+		oauth_refresh_end(c);
+		reply_json(c, c->oauth_status, b);
+		json_decref(b);
+		break;
+	}
 	}
 }
 
@@ -1202,6 +2218,206 @@ static json_t *stats_json(void)
 	                 "t0_ms", g_t0_ms, "now_ms", now_ms());
 }
 
+/* ---- control: /__mock/oauth/ ---- */
+
+/* A control call's JSON object body (caller decrefs), or NULL. */
+static json_t *control_body(struct evhttp_request *req)
+{
+	struct evbuffer *buf = evhttp_request_get_input_buffer(req);
+	size_t len = evbuffer_get_length(buf);
+	unsigned char *p;
+	json_t *j;
+
+	if (len == 0 || len > OAUTH_MAX_BODY || (p = evbuffer_pullup(buf, -1)) == NULL) {
+		return NULL;
+	}
+	j = json_loadb((const char *)p, len, 0, NULL);
+	if (!json_is_object(j)) {
+		json_decref(j);
+		return NULL;
+	}
+	return j;
+}
+
+/* An installation described by a control body: user_type, resource, company_id?,
+ * approved_locations? (array of strings). NULL, with *why, when malformed. */
+static struct oauth_res *control_install(json_t *b, const char **why)
+{
+	const char *id = json_string_value(json_object_get(b, "resource"));
+	const char *company = json_string_value(json_object_get(b, "company_id"));
+	json_t *approved = json_object_get(b, "approved_locations");
+	enum oauth_type t;
+	size_t i;
+	json_t *v;
+
+	if (!oauth_type_parse(json_string_value(json_object_get(b, "user_type")), &t) ||
+	    id == NULL || *id == '\0') {
+		*why = "want {\"user_type\":\"Location\"|\"Company\",\"resource\":ID,...}";
+		return NULL;
+	}
+	if (approved != NULL && !json_is_array(approved)) {
+		*why = "approved_locations: an array of strings";
+		return NULL;
+	}
+	json_array_foreach(approved, i, v)
+	{
+		if (!json_is_string(v)) {
+			*why = "approved_locations: an array of strings";
+			return NULL;
+		}
+	}
+	*why = "out of memory";
+	return oauth_res_set(id, t, company, approved);
+}
+
+static json_t *oauth_stats_json(void)
+{
+	json_t *by = json_object();
+	json_t *o = json_object();
+
+	for (struct oauth_res *r = g_oauth.res; r != NULL; r = r->next) {
+		bool live = false;
+
+		for (struct oauth_rt *t = g_oauth.rts; t != NULL && !live; t = t->next) {
+			live = t->res == r && t->state == RT_LIVE;
+		}
+		json_object_set_new(
+		        by, r->id,
+		        json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:b}", "user_type",
+		                  oauth_type_name(r->type), "refreshes", (json_int_t)r->refreshes,
+		                  "reuses", (json_int_t)r->reuses, "concurrent_max",
+		                  (json_int_t)r->concurrent_max, "refreshing",
+		                  (json_int_t)r->refreshing, "inactive_left",
+		                  (json_int_t)r->inactive_left, "has_live_refresh_token", live));
+	}
+#define X(name) json_object_set_new(o, #name, json_integer((json_int_t)g_oauth.st.name));
+	OAUTH_STATS(X)
+#undef X
+	json_object_set_new(o, "by_resource", by);
+	json_object_set_new(o, "now_wall_ms", json_integer((json_int_t)wall_ms()));
+	return o;
+}
+
+/*
+ * POST code {code, user_type, resource, company_id?, approved_locations?, redirect_uri?}
+ * POST seed {user_type, resource, company_id?, approved_locations?} -> {refresh_token, ...}
+ * POST inactive {resource, count}
+ * POST revoke {resource, access_tokens?}
+ * GET stats
+ */
+static void oauth_control(struct evhttp_request *req, const char *path)
+{
+	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+	const char *name = path + strlen("/__mock/oauth/");
+	json_t *b;
+	const char *why = NULL;
+	struct oauth_res *r;
+
+	if (!oauth_on()) {
+		control_error(req, 404, "OAuth is off: start the mock with --oauth-client-id");
+		return;
+	}
+	if (strcmp(name, "stats") == 0) {
+		if (cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD) {
+			control_reply(req, 200, oauth_stats_json());
+		} else {
+			control_error(req, 405, "method not allowed");
+		}
+		return;
+	}
+	if (strcmp(name, "code") != 0 && strcmp(name, "seed") != 0 &&
+	    strcmp(name, "inactive") != 0 && strcmp(name, "revoke") != 0) {
+		control_error(req, 404, "no such control path");
+		return;
+	}
+	if (cmd != EVHTTP_REQ_POST) {
+		control_error(req, 405, "method not allowed");
+		return;
+	}
+	b = control_body(req);
+	if (b == NULL) {
+		control_error(req, 400, "want a JSON object body");
+		return;
+	}
+	if (strcmp(name, "code") == 0) {
+		const char *code = json_string_value(json_object_get(b, "code"));
+		const char *redirect = json_string_value(json_object_get(b, "redirect_uri"));
+		struct oauth_code *k;
+
+		for (k = g_oauth.codes; code != NULL && k != NULL && strcmp(k->code, code) != 0;
+		     k = k->next) {
+		}
+		if (code == NULL || *code == '\0' || k != NULL) {
+			control_error(req, 400, "code: a new, non-empty string");
+		} else if ((r = control_install(b, &why)) == NULL) {
+			control_error(req, 400, why);
+		} else if ((k = calloc(1, sizeof(*k))) == NULL ||
+		           (k->code = strdup(code)) == NULL ||
+		           (redirect != NULL && (k->redirect_uri = strdup(redirect)) == NULL)) {
+			if (k != NULL) {
+				free(k->code);
+			}
+			free(k);
+			control_error(req, 500, "out of memory");
+		} else {
+			k->res = r;
+			k->next = g_oauth.codes;
+			g_oauth.codes = k;
+			control_reply(req, 200, json_pack("{s:b}", "ok", 1));
+		}
+	} else if (strcmp(name, "seed") == 0) {
+		struct oauth_rt *rt;
+
+		if ((r = control_install(b, &why)) == NULL) {
+			control_error(req, 400, why);
+		} else if ((rt = oauth_refresh_new(r)) == NULL) {
+			control_error(req, 500, "out of memory");
+		} else {
+			control_reply(req, 200,
+			              json_pack("{s:s, s:o, s:s}", "refresh_token", rt->token,
+			                        "resource", json_cstr(r->id), "user_type",
+			                        oauth_type_name(r->type)));
+		}
+	} else {
+		const char *id = json_string_value(json_object_get(b, "resource"));
+		json_t *count = json_object_get(b, "count");
+
+		r = id == NULL ? NULL : oauth_res_find(id);
+		if (r == NULL) {
+			control_error(req, 404, "no such resource (seed or register a code first)");
+		} else if (strcmp(name, "inactive") == 0) {
+			if (!json_is_integer(count) || json_integer_value(count) < 0 ||
+			    json_integer_value(count) > 1000000) {
+				control_error(req, 400, "count: an integer 0..1000000");
+			} else {
+				r->inactive_left = (long)json_integer_value(count);
+				control_reply(req, 200, json_pack("{s:b}", "ok", 1));
+			}
+		} else {
+			json_int_t n_rt = 0;
+			json_int_t n_at = 0;
+			bool access = json_is_true(json_object_get(b, "access_tokens"));
+
+			for (struct oauth_rt *t = g_oauth.rts; t != NULL; t = t->next) {
+				if (t->res == r && t->state == RT_LIVE) {
+					t->state = RT_REVOKED;
+					n_rt++;
+				}
+			}
+			for (struct oauth_at *t = g_oauth.ats; access && t != NULL; t = t->next) {
+				if (t->res == r && !t->revoked) {
+					t->revoked = true;
+					n_at++;
+				}
+			}
+			control_reply(req, 200,
+			              json_pack("{s:I, s:I}", "refresh_tokens", n_rt,
+			                        "access_tokens", n_at));
+		}
+	}
+	json_decref(b);
+}
+
 static void control_request(struct evhttp_request *req, const char *path, const char *query)
 {
 	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
@@ -1230,6 +2446,7 @@ static void control_request(struct evhttp_request *req, const char *path, const 
 	} else if (strcmp(path, "/__mock/reset") == 0 && cmd == EVHTTP_REQ_POST) {
 		json_array_clear(g_log);
 		keys_free();
+		oauth_reset();
 		control_reply(req, 200, json_pack("{s:b}", "ok", 1));
 	} else if (strcmp(path, "/__mock/stats") == 0 && is_get) {
 		control_reply(req, 200, stats_json());
@@ -1252,6 +2469,8 @@ static void control_request(struct evhttp_request *req, const char *path, const 
 			              json_pack("{s:o, s:I}", "key", json_cstr(key), "counted",
 			                        (json_int_t)(k->end - k->start)));
 		}
+	} else if (strncmp(path, "/__mock/oauth/", 14) == 0) {
+		oauth_control(req, path);
 	} else if (strcmp(path, "/__mock/log") == 0 || strcmp(path, "/__mock/reset") == 0 ||
 	           strcmp(path, "/__mock/stats") == 0 || strcmp(path, "/__mock/spend") == 0) {
 		control_error(req, 405, "method not allowed");
@@ -1466,7 +2685,24 @@ static void usage(void)
 	fprintf(stderr,
 	        "usage: mock_upstream --listen HOST:PORT [--tls-cert F --tls-key F]\n"
 	        "  [--limit N --window-ms W] [--limit-mode sliding|fixed] [--count-rejected]\n"
-	        "  [--daily D] [--jitter-ms J] [--seed S]\n");
+	        "  [--daily D] [--jitter-ms J] [--seed S]\n"
+	        "  [--oauth-client-id ID --oauth-client-secret S [--oauth-access-ttl-ms MS]\n"
+	        "   [--oauth-delay-ms MS]]\n");
+}
+
+/* HighLevel's client ids: "<24 hex digits: the app id>-<suffix>". */
+static bool client_id_valid(const char *s)
+{
+	if (strlen(s) < 26 || s[24] != '-') {
+		return false;
+	}
+	for (int i = 0; i < 24; i++) {
+		if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f') ||
+		      (s[i] >= 'A' && s[i] <= 'F'))) {
+			return false;
+		}
+	}
+	return true;
 }
 
 static int parse_options(int argc, char **argv)
@@ -1482,6 +2718,10 @@ static int parse_options(int argc, char **argv)
 		{ "daily", required_argument, NULL, 'd' },
 		{ "seed", required_argument, NULL, 's' },
 		{ "count-rejected", no_argument, NULL, 'r' },
+		{ "oauth-client-id", required_argument, NULL, 'I' },
+		{ "oauth-client-secret", required_argument, NULL, 'S' },
+		{ "oauth-access-ttl-ms", required_argument, NULL, 'T' },
+		{ "oauth-delay-ms", required_argument, NULL, 'D' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int ch;
@@ -1522,6 +2762,20 @@ static int parse_options(int argc, char **argv)
 		case 'r':
 			g_opt.count_rejected = true;
 			break;
+		case 'I':
+			g_opt.oauth_client_id = optarg;
+			ok = client_id_valid(optarg);
+			break;
+		case 'S':
+			g_opt.oauth_client_secret = optarg;
+			ok = *optarg != '\0';
+			break;
+		case 'T':
+			ok = parse_long(optarg, 1, 366L * 86400000, &g_opt.oauth_access_ttl_ms);
+			break;
+		case 'D':
+			ok = parse_long(optarg, 0, MAX_SLOW_MS, &g_opt.oauth_delay_ms);
+			break;
 		default:
 			ok = false;
 		}
@@ -1531,7 +2785,8 @@ static int parse_options(int argc, char **argv)
 		}
 	}
 	if (optind != argc || g_opt.listen == NULL ||
-	    (g_opt.tls_cert == NULL) != (g_opt.tls_key == NULL)) {
+	    (g_opt.tls_cert == NULL) != (g_opt.tls_key == NULL) ||
+	    (g_opt.oauth_client_id == NULL) != (g_opt.oauth_client_secret == NULL)) {
 		usage();
 		return -1;
 	}
@@ -1551,6 +2806,10 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	if (parse_options(argc, argv) != 0) {
 		return 2;
+	}
+	if (oauth_on()) {
+		memcpy(g_oauth.app_id, g_opt.oauth_client_id, 24);
+		g_oauth.app_id[24] = '\0';
 	}
 	if (split_listen(g_opt.listen, host, sizeof(host), &port) != 0) {
 		fprintf(stderr, "mock_upstream: bad --listen %s\n", g_opt.listen);
@@ -1605,9 +2864,10 @@ int main(int argc, char **argv)
 	evsignal_add(sig_term, NULL);
 	evsignal_add(sig_int, NULL);
 
-	fprintf(stderr, "mock_upstream: listening on %s (%s), control %s%s\n", addr,
+	fprintf(stderr, "mock_upstream: listening on %s (%s), control %s%s%s%s\n", addr,
 	        g_opt.tls_cert != NULL ? "https" : "http", ctl_addr,
-	        g_opt.limit > 0 ? (g_opt.fixed ? ", fixed windows" : ", sliding windows") : "");
+	        g_opt.limit > 0 ? (g_opt.fixed ? ", fixed windows" : ", sliding windows") : "",
+	        oauth_on() ? ", OAuth for app " : "", oauth_on() ? g_oauth.app_id : "");
 	notify_ready(addr, ctl_addr);
 
 	event_base_dispatch(g_base);
@@ -1634,6 +2894,7 @@ int main(int argc, char **argv)
 	event_base_free(g_base);
 	SSL_CTX_free(g_ssl_ctx);
 	keys_free();
+	oauth_reset();
 	json_decref(g_log);
 	fprintf(stderr, "mock_upstream: stopped\n");
 	return 0;
