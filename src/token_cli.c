@@ -271,6 +271,18 @@ out:
 }
 
 /* The entry an import stores: the refresh token, no access token yet. */
+/*
+ * The generation of an imported entry: above the previous one, and above any generation a
+ * removed entry of the same resource may have had (the wall clock in ms), so a daemon that
+ * missed the removal between two polls still takes the import as the newer entry.
+ */
+static uint64_t import_generation(uint64_t prev)
+{
+	uint64_t now = (uint64_t)util_wall_ms();
+
+	return prev + 1 > now ? prev + 1 : now;
+}
+
 static struct ts_entry *import_entry(const struct args *a, const char *refresh_token,
                                      uint64_t generation)
 {
@@ -336,7 +348,7 @@ static int import_mutate(struct ts_set *set, void *arg, char *err, size_t err_le
 	struct ts_entry *old = ts_set_find(set, ic->a->resource);
 	struct ts_entry *e;
 
-	ic->generation = old ? old->generation + 1 : 1;
+	ic->generation = import_generation(old ? old->generation : 0);
 	e = import_entry(ic->a, ic->refresh_token, ic->generation);
 	if (!e || ts_set_put(set, e) < 0) {
 		ts_entry_free(e);
@@ -654,8 +666,9 @@ static int redis_import(redisContext *c, const char *prefix, const struct args *
 			prev = v;
 		}
 		snprintf(prev_s, sizeof(prev_s), "%" PRIu64, prev);
-		snprintf(next_s, sizeof(next_s), "%" PRIu64, prev + 1);
-		struct ts_entry *e = import_entry(a, refresh_token, prev + 1);
+		uint64_t next = import_generation(prev);
+		snprintf(next_s, sizeof(next_s), "%" PRIu64, next);
+		struct ts_entry *e = import_entry(a, refresh_token, next);
 		if (!e) {
 			fail("out of memory");
 			return EXIT_FAIL;
