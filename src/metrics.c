@@ -1,80 +1,102 @@
 /*
  * metrics.c: storage and Prometheus rendering of the table in metrics.h. One process, one loop:
  * plain integers, no atomics.
+ *
+ * Histograms get storage only for the table's histogram rows: a second expansion of the table
+ * numbers them (enum hist_slot) and maps each metric id to its slot, or to -1.
  */
 #include "metrics.h"
 
+#include <math.h>
 #include <string.h>
 
 #include <event2/buffer.h>
 
 #include "util.h"
 
+enum metric_type { MT_counter, MT_gauge, MT_histogram };
+
 struct metric_def {
-	const char *type;
+	enum metric_type type;
+	const char *type_name;
 	const char *family;
 	const char *labels;
 	const char *help;
 };
 
 static const struct metric_def defs[M__COUNT] = {
-#define METRIC_DEF(id, type, family, labels, help) [M_##id] = { #type, family, labels, help },
+#define METRIC_DEF(id, type, family, labels, help) \
+	[M_##id] = { MT_##type, #type, family, labels, help },
 	METRICS_TABLE(METRIC_DEF)
 #undef METRIC_DEF
 };
 
+#define HSLOT_counter(id)
+#define HSLOT_gauge(id)
+#define HSLOT_histogram(id)                   HS_##id,
+#define HSLOT(id, type, family, labels, help) HSLOT_##type(id)
+enum hist_slot { METRICS_TABLE(HSLOT) HS__COUNT };
+
+#define HINDEX_counter(id)                     -1
+#define HINDEX_gauge(id)                       -1
+#define HINDEX_histogram(id)                   HS_##id
+#define HINDEX(id, type, family, labels, help) [M_##id] = HINDEX_##type(id),
+static const int hist_index[M__COUNT] = { METRICS_TABLE(HINDEX) };
+
 static int64_t values[M__COUNT];
 
-/* Bucket bounds in ms; +Inf is implicit. */
-static const double bounds[] = { 1,   5,    10,   25,   50,    100,   250,
-	                         500, 1000, 2500, 5000, 10000, 20000, 60000 };
-#define N_BOUNDS ARRAY_SIZE(bounds)
-
-static const struct {
-	const char *family;
-	const char *help;
-} hist_defs[H__COUNT] = {
-	[H_QUEUE_WAIT] = { "ghlproxy_queue_wait_ms",
-	                   "Time requests spent queued before admission" },
-	[H_UPSTREAM_LATENCY] = { "ghlproxy_upstream_latency_ms",
-	                         "Time from sending a request to HighLevel to its answer's head" },
-};
+/* Bucket upper bounds in seconds, shared by every histogram; +Inf is implicit. From 1 ms (a
+ * wait that is no wait) to a minute (limits.max_wait and upstream.timeout are at most that by
+ * default). */
+static const double bounds_s[] = { 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+	                           0.5,   1,     2.5,  5,     10,   20,  60 };
+#define N_BOUNDS ARRAY_SIZE(bounds_s)
 
 static struct {
-	uint64_t buckets[N_BOUNDS + 1];
-	double sum;
+	uint64_t buckets[N_BOUNDS + 1]; /* not cumulative; the last is (60 s, +Inf) */
+	double sum_s;
 	uint64_t count;
-} hists[H__COUNT];
+} hists[HS__COUNT];
 
 void metrics_inc(enum metric_id id)
 {
-	values[id]++;
+	if ((unsigned)id < M__COUNT)
+		values[id]++;
 }
 
 void metrics_add(enum metric_id id, uint64_t n)
 {
-	values[id] += (int64_t)n;
+	if ((unsigned)id < M__COUNT)
+		values[id] += (int64_t)n;
 }
 
 void metrics_set(enum metric_id id, int64_t v)
 {
-	values[id] = v;
+	if ((unsigned)id < M__COUNT)
+		values[id] = v;
 }
 
 uint64_t metrics_get(enum metric_id id)
 {
+	if ((unsigned)id >= M__COUNT)
+		return 0;
+	if (hist_index[id] >= 0)
+		return hists[hist_index[id]].count;
 	return (uint64_t)values[id];
 }
 
-void metrics_observe(enum metric_hist h, double ms)
+void metrics_observe(enum metric_id id, double ms)
 {
 	size_t i = 0;
 
-	while (i < N_BOUNDS && ms > bounds[i])
+	if ((unsigned)id >= M__COUNT || hist_index[id] < 0 || isnan(ms))
+		return;
+	double s = ms < 0 ? 0 : ms / 1000.0;
+	while (i < N_BOUNDS && s > bounds_s[i])
 		i++;
-	hists[h].buckets[i]++;
-	hists[h].sum += ms;
-	hists[h].count++;
+	hists[hist_index[id]].buckets[i]++;
+	hists[hist_index[id]].sum_s += isinf(s) ? 0 : s;
+	hists[hist_index[id]].count++;
 }
 
 void metrics_upstream_status(int status)
@@ -88,38 +110,40 @@ void metrics_upstream_status(int status)
 		metrics_inc(M_UP_429);
 }
 
+static void render_histogram(struct evbuffer *out, const char *family, int slot)
+{
+	uint64_t cum = 0;
+
+	for (size_t i = 0; i < N_BOUNDS; i++) {
+		cum += hists[slot].buckets[i];
+		evbuffer_add_printf(out, "%s_bucket{le=\"%g\"} %llu\n", family, bounds_s[i],
+		                    (unsigned long long)cum);
+	}
+	cum += hists[slot].buckets[N_BOUNDS];
+	evbuffer_add_printf(out, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n",
+	                    family, (unsigned long long)cum, family, hists[slot].sum_s, family,
+	                    (unsigned long long)hists[slot].count);
+}
+
 void metrics_render(struct evbuffer *out)
 {
 	const char *last_family = NULL;
 
 	for (int i = 0; i < M__COUNT; i++) {
 		const struct metric_def *d = &defs[i];
-		/* Rows of one family are adjacent in the table: HELP and TYPE once per family. */
+
 		if (!last_family || strcmp(last_family, d->family) != 0) {
 			evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s %s\n", d->family, d->help,
-			                    d->family, d->type);
+			                    d->family, d->type_name);
 			last_family = d->family;
 		}
-		if (*d->labels)
+		if (d->type == MT_histogram)
+			render_histogram(out, d->family, hist_index[i]);
+		else if (*d->labels)
 			evbuffer_add_printf(out, "%s{%s} %lld\n", d->family, d->labels,
 			                    (long long)values[i]);
 		else
 			evbuffer_add_printf(out, "%s %lld\n", d->family, (long long)values[i]);
-	}
-	for (int h = 0; h < H__COUNT; h++) {
-		uint64_t cum = 0;
-		evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s histogram\n", hist_defs[h].family,
-		                    hist_defs[h].help, hist_defs[h].family);
-		for (size_t i = 0; i < N_BOUNDS; i++) {
-			cum += hists[h].buckets[i];
-			evbuffer_add_printf(out, "%s_bucket{le=\"%g\"} %llu\n", hist_defs[h].family,
-			                    bounds[i], (unsigned long long)cum);
-		}
-		cum += hists[h].buckets[N_BOUNDS];
-		evbuffer_add_printf(
-		        out, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.3f\n%s_count %llu\n",
-		        hist_defs[h].family, (unsigned long long)cum, hist_defs[h].family,
-		        hists[h].sum, hist_defs[h].family, (unsigned long long)hists[h].count);
 	}
 }
 

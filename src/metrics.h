@@ -1,9 +1,17 @@
 /*
  * metrics.h: the process's counters, gauges and histograms, each defined once in the table below,
- * and their rendering in the Prometheus text format (/metrics on the admin listener).
+ * and their rendering in the Prometheus text format (version 0.0.4, /metrics on the admin
+ * listener).
  *
- * Labels are fixed in the table: no per-location or per-token label, so the number of series is
- * bounded whatever the traffic.
+ * Data enters through metrics_inc/add/set/observe from the modules that see the events (request.c
+ * for outcomes and latencies, limiter_redis.c for Redis, daemon.c for reloads, the OAuth code for
+ * token refreshes); gauges that describe a state (queue depth, live keys, connections) are set by
+ * admin.c just before it renders. It leaves as text through metrics_render.
+ *
+ * Labels are fixed in the table: no per-location, per-key or per-token label, so the number of
+ * series is bounded whatever the traffic. Rows of one family are adjacent in the table (the
+ * renderer writes HELP and TYPE once per family, on its first row, which carries the help text).
+ * Histograms are in seconds (Prometheus' base unit); callers observe milliseconds.
  */
 #ifndef GHLPROXY_METRICS_H
 #define GHLPROXY_METRICS_H
@@ -12,7 +20,7 @@
 
 struct evbuffer;
 
-/* X(id, type, family, labels, help) */
+/* X(id, type, family, labels, help): type is counter, gauge or histogram. */
 #define METRICS_TABLE(X)                                                                        \
 	X(REQ_FORWARDED, counter, "ghlproxy_requests_total", "outcome=\"forwarded\"",           \
 	  "Client requests answered, by outcome")                                               \
@@ -28,8 +36,10 @@ struct evbuffer;
 	X(REQ_UNAVAILABLE, counter, "ghlproxy_requests_total", "outcome=\"unavailable\"", "")   \
 	X(REQ_UNAUTHORIZED, counter, "ghlproxy_requests_total", "outcome=\"unauthorized\"", "") \
 	X(REQ_SHUTDOWN, counter, "ghlproxy_requests_total", "outcome=\"shutdown\"", "")         \
+	X(REQ_INTERNAL_ERROR, counter, "ghlproxy_requests_total", "outcome=\"internal_error\"", \
+	  "")                                                                                   \
 	X(REQ_QUEUED, counter, "ghlproxy_requests_queued_total", "",                            \
-	  "Client requests that waited in a key's queue before their answer")                   \
+	  "Client requests that waited in a key's queue (each also ends with one outcome)")     \
 	X(UP_1XX, counter, "ghlproxy_upstream_responses_total", "class=\"1xx\"",                \
 	  "Answers from HighLevel, by status class")                                            \
 	X(UP_2XX, counter, "ghlproxy_upstream_responses_total", "class=\"2xx\"", "")            \
@@ -42,8 +52,12 @@ struct evbuffer;
 	  "Exchanges with HighLevel that failed (connect, TLS, timeout, protocol)")             \
 	X(UP_RESENT, counter, "ghlproxy_upstream_resent_total", "",                             \
 	  "Requests sent again after an upstream 429")                                          \
+	X(UP_LATENCY, histogram, "ghlproxy_upstream_latency_seconds", "",                       \
+	  "Time from sending a request to HighLevel to its answer's head")                      \
 	X(QUEUE_DEPTH, gauge, "ghlproxy_queue_depth", "", "Requests waiting in all queues")     \
-	X(KEYS, gauge, "ghlproxy_keys", "", "Rate-limit keys held in memory")                   \
+	X(QUEUE_WAIT, histogram, "ghlproxy_queue_wait_seconds", "",                             \
+	  "Time requests spent queued before their admission")                                  \
+	X(KEYS, gauge, "ghlproxy_live_keys", "", "Rate-limit keys held in memory")              \
 	X(CONNECTIONS, gauge, "ghlproxy_client_connections", "", "Open client connections")     \
 	X(IN_FLIGHT, gauge, "ghlproxy_requests_in_flight", "", "Client requests being handled") \
 	X(UP_CONNS, gauge, "ghlproxy_upstream_connections", "",                                 \
@@ -59,13 +73,15 @@ struct evbuffer;
 	  "OAuth token refreshes that succeeded")                                               \
 	X(TOKEN_REFRESH_FAILURES, counter, "ghlproxy_token_refresh_failures_total", "",         \
 	  "OAuth token refreshes that failed")                                                  \
-	X(TOKEN_STORE_FAILURES, counter, "ghlproxy_token_store_failures_total", "",             \
-	  "Failed writes of the token store")                                                   \
-	X(TOKENS_REINSTALL, gauge, "ghlproxy_tokens_need_reinstall", "",                        \
-	  "Installations whose refresh token HighLevel refused (invalid grant)")                \
+	X(TOKEN_STORE_WRITE_FAILURES, counter, "ghlproxy_token_store_write_failures_total", "", \
+	  "Writes of the token store that failed")                                              \
+	X(TOKENS_NEEDING_REINSTALL, gauge, "ghlproxy_tokens_needing_reinstall", "",             \
+	  "Installations whose refresh token HighLevel refused (the app must be reinstalled)")  \
 	X(RELOADS, counter, "ghlproxy_reloads_total", "", "Configuration reloads applied")      \
 	X(RELOAD_FAILURES, counter, "ghlproxy_reload_failures_total", "",                       \
-	  "Configuration reloads refused")
+	  "Configuration reloads refused (the running configuration was kept)")                 \
+	X(DRAINING, gauge, "ghlproxy_draining", "",                                             \
+	  "1 once a stop signal was received and the proxy drains")
 
 enum metric_id {
 #define METRIC_ENUM(id, type, family, labels, help) M_##id,
@@ -74,14 +90,17 @@ enum metric_id {
 	        M__COUNT
 };
 
-/* Histograms, in milliseconds, with fixed buckets. */
-enum metric_hist { H_QUEUE_WAIT = 0, H_UPSTREAM_LATENCY, H__COUNT };
+/* The names request.c has used for the two histograms. */
+#define H_QUEUE_WAIT       M_QUEUE_WAIT
+#define H_UPSTREAM_LATENCY M_UP_LATENCY
 
 void metrics_inc(enum metric_id id);
 void metrics_add(enum metric_id id, uint64_t n);
 void metrics_set(enum metric_id id, int64_t v); /* gauges */
+/* A counter's or gauge's value; a histogram's count. */
 uint64_t metrics_get(enum metric_id id);
-void metrics_observe(enum metric_hist h, double ms);
+/* One observation of a histogram, in milliseconds (ignored for other types and for NaN). */
+void metrics_observe(enum metric_id id, double ms);
 
 /* Count one upstream answer by its status class. */
 void metrics_upstream_status(int status);

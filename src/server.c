@@ -456,7 +456,7 @@ static void conn_free_ctx(void *ctx)
 		TAILQ_REMOVE(&srv->conns, c, link);
 		srv->n_conns--;
 	}
-	if (c->fd >= 0 && (size_t)c->fd < srv->by_fd_cap && srv->by_fd[c->fd] == c)
+	if (srv && c->fd >= 0 && (size_t)c->fd < srv->by_fd_cap && srv->by_fd[c->fd] == c)
 		srv->by_fd[c->fd] = NULL;
 	free(c);
 }
@@ -928,12 +928,30 @@ uint32_t server_n_connections(const struct server *srv)
 	return srv->n_conns;
 }
 
+size_t server_output_pending(const struct server *srv)
+{
+	const struct server_conn *c;
+	size_t n = 0;
+
+	TAILQ_FOREACH(c, &srv->conns, link)
+	n += server_conn_output_pending(c);
+	return n;
+}
+
 void server_free(struct server *srv)
 {
 	if (!srv)
 		return;
 	if (srv->http)
 		evhttp_free(srv->http); /* closes listeners and frees every connection */
+	/* libevent may finalize a connection's bufferevents later, from event_base_free: those
+	 * still to come must not find the server then. */
+	struct server_conn *c;
+	while ((c = TAILQ_FIRST(&srv->conns))) {
+		TAILQ_REMOVE(&srv->conns, c, link);
+		c->counted = false;
+		c->srv = NULL;
+	}
 	for (size_t i = 0; i < srv->n_listeners; i++) {
 		if (srv->listeners[i].unix_path) {
 			unlink(srv->listeners[i].unix_path);

@@ -67,6 +67,10 @@ void server_stop_accepting(struct server *srv);
 /* Connections currently open. */
 uint32_t server_n_connections(const struct server *srv);
 
+/* Bytes of answers queued for clients and not yet taken by the kernel, over every connection:
+ * a drain waits for them before the process exits and closes the sockets. */
+size_t server_output_pending(const struct server *srv);
+
 /* Peer, for logs ("127.0.0.1", "unix"). */
 const char *server_conn_peer(const struct server_conn *c);
 
