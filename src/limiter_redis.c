@@ -39,6 +39,7 @@
 
 #include "classify.h"
 #include "config.h"
+#include "credentials.h"
 #include "limiter_internal.h"
 #include "limiter_lua.h"
 #include "log.h"
@@ -753,14 +754,15 @@ struct limiter_redis *limiter_redis_new(struct limiter *l, const struct config *
 	redis_script_init(&r->heartbeat, heartbeat_lua);
 
 	if (cfg->redis.password_file && *cfg->redis.password_file) {
-		int rc = util_read_small_file(cfg->redis.password_file, 4096, &password,
-		                              &password_len);
+		char why[400];
+		int rc = credentials_read_file(cfg->redis.password_file, 4096, &password, why,
+		                               sizeof(why));
 		if (rc < 0) {
-			snprintf(err, err_len, "redis.password_file %s: %s",
-			         cfg->redis.password_file, strerror(-rc));
+			snprintf(err, err_len, "redis.password_file: %s", why);
 			free(r);
 			return NULL;
 		}
+		password_len = strlen(password);
 	}
 	s.url = cfg->redis.url;
 	s.password = password;

@@ -34,13 +34,16 @@
 #include <event2/http.h>
 #include <event2/http_struct.h>
 #include <event2/keyvalq_struct.h>
+#include <openssl/crypto.h>
 
 #include "classify.h"
 #include "config.h"
+#include "credentials.h"
 #include "headers.h"
 #include "limiter.h"
 #include "log.h"
 #include "metrics.h"
+#include "oauth.h"
 #include "ratelimit_headers.h"
 #include "route.h"
 #include "server.h"
@@ -54,6 +57,7 @@
 
 enum req_state {
 	RS_ADMITTING = 0, /* waiting for the limiter */
+	RS_TOKEN,         /* admitted, waiting for its OAuth token (refresh in flight) */
 	RS_UPSTREAM,      /* exchange in flight, no head yet */
 	RS_BUFFERING,     /* head received, body being buffered */
 	RS_STREAMING,     /* reply started to the client */
@@ -91,6 +95,12 @@ struct proxy_req {
 	                      */
 	int n_sends;         /* upstream exchanges so far (a 429'd one may be sent again) */
 	bool resend_on_429;  /* this answer is a 429 to absorb if the deadline allows */
+	bool resend_on_401;  /* this answer is a 401 on a stale OAuth token: send again, once */
+	bool retried_401;
+	bool was_queued;   /* the limiter did not decide at once: it waited in a queue */
+	bool use_oauth;    /* inject mode: the resource's OAuth token goes in at send time */
+	char *oauth_token; /* the token sent (wiped when freed), to report a 401 on it */
+	struct oauth_waiter owait;
 	uint64_t bytes_out;
 	bool in_active;
 	bool attached; /* to its server_conn: told if the connection dies */
@@ -118,6 +128,8 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg)
 			evbuffer_free(p->body);
 		if (p->resp_body)
 			evbuffer_free(p->resp_body);
+		if (p->oauth_token)
+			util_wipe_free(p->oauth_token, strlen(p->oauth_token));
 		free(p->target);
 		free(p);
 	}
@@ -136,6 +148,7 @@ static void retire(struct proxy_req *p)
 	p->attached = false;
 	p->watching = false;
 	limiter_cancel(&p->waiter); /* leaves the queue and lets go of the keys */
+	oauth_cancel(&p->owait);
 	if (p->x) {
 		upstream_cancel(p->x);
 		p->x = NULL;
@@ -190,6 +203,7 @@ static void count_outcome(const struct proxy_req *p)
 		{ "unavailable", M_REQ_UNAVAILABLE },
 		{ "unauthorized", M_REQ_UNAUTHORIZED },
 		{ "shutdown", M_REQ_SHUTDOWN },
+		{ "internal_error", M_REQ_INTERNAL_ERROR },
 	};
 	enum metric_id id = M_REQ_FORWARDED;
 
@@ -197,7 +211,7 @@ static void count_outcome(const struct proxy_req *p)
 		if (strcmp(p->outcome, map[i].outcome) == 0)
 			id = map[i].id;
 	metrics_inc(id);
-	if (p->waiter.enqueued_ms && p->wait_ms > 0)
+	if (p->was_queued)
 		metrics_inc(M_REQ_QUEUED);
 }
 
@@ -365,6 +379,12 @@ static int on_up_head(struct upstream_exchange *x, int status, const char *reaso
 		 * Its answer is kept meanwhile, to pass on if it cannot be. */
 		p->resend_on_429 = status == 429 && util_now_ms() < p->deadline_ms;
 	}
+	/* HighLevel refused our OAuth token (expired early, revoked): a 401 was not executed, so
+	 * refresh and send again, once. */
+	if (status == 401 && p->use_oauth && !p->retried_401 && p->px->oauth) {
+		oauth_unauthorized(p->px->oauth, p->key.resource, p->oauth_token);
+		p->resend_on_401 = util_now_ms() < p->deadline_ms;
+	}
 
 	/* End-to-end headers only. Content-Length stays when it frames the body we pass on
 	 * untouched; with Transfer-Encoding present it is a lie and goes. */
@@ -398,7 +418,10 @@ static void on_up_done(struct upstream_exchange *x, enum upstream_result r, cons
 	struct proxy_req *p = arg;
 
 	p->x = NULL;
-	if (r == UPSTREAM_OK && p->resend_on_429 && p->state == RS_BUFFERING) {
+	if (r == UPSTREAM_OK && (p->resend_on_429 || p->resend_on_401) &&
+	    p->state == RS_BUFFERING) {
+		if (p->resend_on_401)
+			p->retried_401 = true;
 		resend_after_429(p);
 		return;
 	}
@@ -467,7 +490,74 @@ static const struct upstream_cbs up_cbs = {
 	.on_done = on_up_done,
 };
 
+static void send_now(struct proxy_req *p);
+
+static void set_bearer(struct proxy_req *p, const char *token)
+{
+	size_t n = strlen(token) + 8;
+	char *v = malloc(n);
+
+	if (p->oauth_token)
+		util_wipe_free(p->oauth_token, strlen(p->oauth_token));
+	p->oauth_token = strdup(token);
+	evhttp_remove_header(&p->fwd, "Authorization");
+	if (v) {
+		snprintf(v, n, "Bearer %s", token);
+		evhttp_add_header(&p->fwd, "Authorization", v);
+		util_wipe_free(v, strlen(v));
+	}
+}
+
+static void answer_no_token(struct proxy_req *p, enum oauth_status st, const char *why)
+{
+	char msg[320];
+
+	if (st == OAUTH_REINSTALL || st == OAUTH_NO_TOKEN) {
+		snprintf(msg, sizeof(msg), "%s %s: %s",
+		         p->key.res_kind == RES_COMPANY ? "company" : "location", p->key.resource,
+		         why ? why : "no credential");
+		answer_error(p, 401, msg, "unauthorized");
+		return;
+	}
+	snprintf(msg, sizeof(msg), "no OAuth token for %s yet: %s", p->key.resource,
+	         why ? why : "try again");
+	answer_error(p, 503, msg, "unavailable");
+}
+
+static void on_token(struct oauth_waiter *w, enum oauth_status st, const char *token,
+                     const char *why, void *arg)
+{
+	struct proxy_req *p = arg;
+
+	if (st != OAUTH_READY) {
+		answer_no_token(p, st, why);
+		return;
+	}
+	set_bearer(p, token);
+	send_now(p);
+}
+
 static void send_upstream(struct proxy_req *p)
+{
+	if (p->use_oauth) {
+		const char *token = NULL, *why = NULL;
+		enum oauth_status st =
+		        oauth_token(p->px->oauth, p->key.resource, NULL, p->deadline_ms + 5000,
+		                    &p->owait, on_token, p, &token, &why);
+		if (st == OAUTH_WAIT) {
+			p->state = RS_TOKEN;
+			return;
+		}
+		if (st != OAUTH_READY) {
+			answer_no_token(p, st, why);
+			return;
+		}
+		set_bearer(p, token);
+	}
+	send_now(p);
+}
+
+static void send_now(struct proxy_req *p)
 {
 	struct upstream_request rq = {
 		.method = p->method,
@@ -477,11 +567,12 @@ static void send_upstream(struct proxy_req *p)
 	};
 
 	if (p->n_sends++ > 0) {
-		/* A resend: forget the absorbed 429. */
+		/* A resend: forget the absorbed 429 or 401. */
 		metrics_inc(M_UP_RESENT);
 		evhttp_clear_headers(&p->resp);
 		evbuffer_drain(p->resp_body, evbuffer_get_length(p->resp_body));
 		p->resend_on_429 = false;
+		p->resend_on_401 = false;
 		p->t_head_ns = 0;
 	}
 	p->state = RS_UPSTREAM;
@@ -561,7 +652,8 @@ static void admitted(struct proxy_req *p, const struct limiter_verdict *v)
 		return;
 	case LIMITER_REJECT: {
 		bool daily = v->scope == WINDOW_DAILY || v->scope == WINDOW_BLOCKED_DAY;
-		if (p->status == 429 && p->resend_on_429) {
+		if ((p->status == 429 && p->resend_on_429) ||
+		    (p->status == 401 && p->resend_on_401)) {
 			/* HighLevel's own 429 stands: pass it on as it came. */
 			reply_whole(p);
 			return;
@@ -602,6 +694,8 @@ static void resend_after_429(struct proxy_req *p)
 	if (limiter_acquire(p->px->limiter, &p->key, p->deadline_ms, true, &p->waiter, on_admitted,
 	                    p, &v))
 		admitted(p, &v);
+	else
+		p->was_queued = true;
 }
 
 /* The client's X-GHL-Max-Wait (ms), when it is a plain number. */
@@ -725,9 +819,80 @@ static int classify(struct proxy_req *p, struct evkeyvalq *in)
 	}
 	ci.is_v1 = p->up == p->px->up_v1;
 	ci.inject = p->px->cfg->server.mode == CONFIG_MODE_INJECT;
+	ci.lookup = credentials_lookup;
+	ci.lookup_ctx = p->px->creds;
 	classify_request(&ci, &p->key);
 	free(hs);
 	return 0;
+}
+
+/*
+ * Inject mode: the credential for the request's resource, set now (PIT, API 1.0 key) or at send
+ * time (OAuth: the token may be refreshed meanwhile), and the key rebuilt for it. Answers 401
+ * and returns -1 when there is none.
+ */
+static int choose_credential(struct proxy_req *p)
+{
+	struct proxy *px = p->px;
+	const char *res = p->key.resource;
+	const struct credential *c = NULL;
+	char msg[400];
+
+	if (!p->key.is_counted)
+		return 0; /* /oauth/ calls carry their own credentials in their body */
+	if (p->up == px->up_v1) {
+		c = credentials_v1_for(px->creds, res);
+		if (!c) {
+			snprintf(
+			        msg, sizeof(msg),
+			        "no API 1.0 key for %s: configure [v1_keys] %s = FILE (or agency = "
+			        "FILE)",
+			        *res ? res : "this request (it names no location)",
+			        *res ? res : "ID");
+			answer_error(p, 401, msg, "unauthorized");
+			return -1;
+		}
+		evhttp_remove_header(&p->fwd, "Authorization");
+		snprintf(msg, sizeof(msg), "Bearer %s", c->secret);
+		evhttp_add_header(&p->fwd, "Authorization", msg);
+		OPENSSL_cleanse(msg, sizeof(msg));
+		classify_set_credential(&p->key, CRED_V1_KEY, NULL, c->fingerprint);
+		return 0;
+	}
+	if (!*res) {
+		answer_error(p, 401,
+		             "the request names no location or company: send its id (x-location-id "
+		             "or x-company-id header, or locationId / companyId in the query)",
+		             "unauthorized");
+		return -1;
+	}
+	enum oauth_status st = px->oauth ? oauth_check(px->oauth, res, NULL) : OAUTH_NO_TOKEN;
+	if (st == OAUTH_READY || st == OAUTH_WAIT) {
+		p->use_oauth = true;
+		classify_set_credential(&p->key, CRED_OAUTH, oauth_app(px->oauth), NULL);
+		return 0;
+	}
+	c = credentials_pit_for(px->creds, res);
+	if (c) {
+		evhttp_remove_header(&p->fwd, "Authorization");
+		snprintf(msg, sizeof(msg), "Bearer %s", c->secret);
+		evhttp_add_header(&p->fwd, "Authorization", msg);
+		OPENSSL_cleanse(msg, sizeof(msg));
+		classify_set_credential(&p->key, CRED_PIT, NULL, c->fingerprint);
+		return 0;
+	}
+	if (st == OAUTH_REINSTALL)
+		snprintf(msg, sizeof(msg),
+		         "%s: HighLevel refused its refresh token; the app must be installed again "
+		         "for it (admin /oauth/start)",
+		         res);
+	else
+		snprintf(msg, sizeof(msg),
+		         "no credential for %s: install the app for it (admin /oauth/start, or "
+		         "`ghlproxy token import`) or configure [pit] %s = FILE",
+		         res, res);
+	answer_error(p, 401, msg, "unauthorized");
+	return -1;
 }
 
 void request_handle(struct server_conn *conn, struct evhttp_request *req, void *arg)
@@ -802,6 +967,18 @@ void request_handle(struct server_conn *conn, struct evhttp_request *req, void *
 		answer_error(p, 503, "out of memory", "internal_error");
 		return;
 	}
+	if (cfg->server.mode == CONFIG_MODE_INJECT) {
+		if (choose_credential(p) < 0)
+			return;
+	} else if (p->key.cred == CRED_EMPTY) {
+		/* "Bearer undefined", "Bearer null", "Bearer ": an integration bug that would
+		 * spend budget for a certain 401 upstream. */
+		answer_error(p, 401,
+		             "the request's bearer token is empty, \"undefined\" or \"null\": "
+		             "the client did not set its credential",
+		             "unauthorized");
+		return;
+	}
 
 	/* Told of a hang-up from here until the answer starts, and of a dead connection until the
 	 * final reply call. */
@@ -823,6 +1000,8 @@ void request_handle(struct server_conn *conn, struct evhttp_request *req, void *
 	if (limiter_acquire(px->limiter, &p->key, p->deadline_ms, false, &p->waiter, on_admitted, p,
 	                    &v))
 		admitted(p, &v);
+	else
+		p->was_queued = true;
 }
 
 int request_proxy_init(struct proxy *px, struct event_base *base)

@@ -25,6 +25,8 @@ struct proxy {
 	struct upstream *up_v2;   /* upstream.url */
 	struct upstream *up_v1;   /* upstream.v1_url */
 	struct limiter *limiter;
+	struct credentials *creds;      /* [pit], [v1_keys]: swapped on reload */
+	struct oauth *oauth;            /* inject mode with oauth.client_id; else NULL */
 	TAILQ_HEAD(, proxy_req) active; /* every request not yet freed */
 	TAILQ_HEAD(, proxy_req) graveyard;
 	struct event *sweep;

@@ -2302,7 +2302,7 @@ static json_t *oauth_stats_json(void)
  * POST code {code, user_type, resource, company_id?, approved_locations?, redirect_uri?}
  * POST seed {user_type, resource, company_id?, approved_locations?} -> {refresh_token, ...}
  * POST inactive {resource, count}
- * POST revoke {resource, access_tokens?}
+ * POST revoke {resource, access_tokens?, refresh_tokens? (default true)}
  * GET stats
  */
 static void oauth_control(struct evhttp_request *req, const char *path)
@@ -2397,8 +2397,11 @@ static void oauth_control(struct evhttp_request *req, const char *path)
 			json_int_t n_rt = 0;
 			json_int_t n_at = 0;
 			bool access = json_is_true(json_object_get(b, "access_tokens"));
+			/* refresh_tokens:false kills access tokens only (a token HighLevel stops
+			 * honouring before its exp). */
+			bool refresh = !json_is_false(json_object_get(b, "refresh_tokens"));
 
-			for (struct oauth_rt *t = g_oauth.rts; t != NULL; t = t->next) {
+			for (struct oauth_rt *t = g_oauth.rts; refresh && t != NULL; t = t->next) {
 				if (t->res == r && t->state == RT_LIVE) {
 					t->state = RT_REVOKED;
 					n_rt++;
