@@ -3,8 +3,8 @@
  * handles signals through libevent (no logic in signal context):
  *   SIGHUP   reload: parse the file again (and the environment and -o overrides); on any error
  *            keep the running config and log every error; else apply what can change at run
- *            time (limits, timeouts, log level, admin key...) and name in a warning the keys
- *            that cannot (listen addresses, upstream URLs, backend, redis.url...). Connections,
+ *            time (limits, timeouts, log level, admin key, client keys...) and name in a warning
+ * the keys that cannot (listen addresses, upstream URLs, backend, redis.url...). Connections,
  *            queues and limiter state are untouched.
  *   SIGTERM, SIGINT  drain: stop accepting connections; queued requests that cannot be admitted
  *            before the drain's admission cutoff are answered 503 + Retry-After now (the
@@ -40,6 +40,7 @@
 
 #include "admin.h"
 #include "build_config.h"
+#include "clients.h"
 #include "config.h"
 #include "credentials.h"
 #include "limiter.h"
@@ -108,10 +109,13 @@ int daemon_notify(const char *state)
 	if (path[0] == '@')
 		sun.sun_path[0] = '\0'; /* abstract namespace */
 	len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + plen);
-	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	/* Never wait for the receiver: with its queue full (net.unix.max_dgram_qlen is 10 on
+	 * Debian) a blocking sendto would stop the event loop; a status line is worth dropping. */
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return -errno;
-	if (sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&sun, len) < 0)
+	if (sendto(fd, state, strlen(state), MSG_NOSIGNAL | MSG_DONTWAIT, (struct sockaddr *)&sun,
+	           len) < 0)
 		rc = -errno;
 	close(fd);
 	return rc;
@@ -400,11 +404,27 @@ static int restart_only_changes(const struct config *a, const struct config *b, 
 	return n;
 }
 
-/* [pit], [v1_keys] and, in inject mode with an app, the OAuth token keeper. */
+/* A client key snapshot goes live: its clients appear in /metrics at 0 before their first
+ * request. */
+static void set_clients(struct daemon *d, struct clients *c)
+{
+	clients_free(d->px.clients);
+	d->px.clients = c;
+	for (size_t i = 0; i < clients_count(c); i++)
+		metrics_labelled_add(ML_CLIENT_REQUESTS, clients_name_at(c, i), 0);
+}
+
+/* [clients], [pit], [v1_keys] and, in inject mode with an app, the OAuth token keeper. */
 static int start_credentials(struct daemon *d, const struct config *cfg)
 {
 	char err[512];
+	struct clients *clients = clients_load(cfg, err, sizeof(err));
 
+	if (!clients) {
+		log_error("clients: %s", err);
+		return -1;
+	}
+	set_clients(d, clients);
 	d->px.creds = credentials_load(cfg, err, sizeof(err));
 	if (!d->px.creds) {
 		log_error("credentials: %s", err);
@@ -475,23 +495,43 @@ static void reload(struct daemon *d)
 		return;
 	}
 	config_errors_deinit(&errs);
-	/* What can fail is tried first, so a refused reload changes nothing. */
-	int rc = admin_set_config(d->admin, cfg);
-	if (rc < 0) {
-		snprintf(names, sizeof(names), "admin.key_file %s: %s", cfg->admin.key_file,
-		         rc == -EPERM ? "cannot be removed by a reload (restart instead)"
-		                      : strerror(-rc));
+	/* What can fail is tried first, so a refused reload changes nothing: the files are read
+	 * before anything is swapped (admin_set_config points the admin listener at cfg). The
+	 * listener may be off loopback because of the client keys: they cannot all go away under
+	 * it (as with the admin key). */
+	if (clients_count(d->px.clients) > 0 && cfg->clients.n == 0 && !cfg->server.allow_remote) {
+		config_free(cfg);
+		refuse_reload(d, "[clients]: a reload cannot remove every client key (restart "
+		                 "instead, or set server.allow_remote = yes)");
+		return;
+	}
+	struct clients *clients = clients_load(cfg, names, sizeof(names));
+	if (!clients) {
 		config_free(cfg);
 		refuse_reload(d, names);
 		return;
 	}
 	struct credentials *creds = credentials_load(cfg, names, sizeof(names));
 	if (!creds) {
+		clients_free(clients);
+		config_free(cfg);
+		refuse_reload(d, names);
+		return;
+	}
+	int rc = admin_set_config(d->admin, cfg);
+	if (rc < 0) {
+		snprintf(names, sizeof(names), "admin.key_file %s: %s", cfg->admin.key_file,
+		         rc == -EPERM ? "cannot be removed by a reload (restart instead)"
+		                      : strerror(-rc));
+		clients_free(clients);
+		credentials_free(creds);
 		config_free(cfg);
 		refuse_reload(d, names);
 		return;
 	}
 	if (d->px.oauth && oauth_reload(d->px.oauth, cfg, names, sizeof(names)) < 0) {
+		admin_set_config(d->admin, d->cfg); /* it must not keep pointing into cfg */
+		clients_free(clients);
 		credentials_free(creds);
 		config_free(cfg);
 		refuse_reload(d, names);
@@ -501,6 +541,7 @@ static void reload(struct daemon *d)
 		log_warning("reload: OAuth (oauth.client_id in inject mode) starts with a restart");
 	credentials_free(d->px.creds);
 	d->px.creds = creds;
+	set_clients(d, clients);
 	if (restart_only_changes(d->cfg, cfg, names, sizeof(names)) > 0)
 		log_warning("reload: these keys need a restart to change and keep their running "
 		            "values: %s",
@@ -675,7 +716,9 @@ int daemon_run(struct config *cfg, const struct daemon_args *args)
 	dns_add_probe(&d, d.px.up_v1, "upstream.v1_url");
 
 	server_limits_from_config(&lim, cfg);
-	d.srv = server_new(d.base, "proxy", cfg->server.listen, &lim, cfg, cfg->server.allow_remote,
+	/* Off loopback needs a reason: allow_remote, or client keys every request must present. */
+	d.srv = server_new(d.base, "proxy", cfg->server.listen, &lim, cfg,
+	                   cfg->server.allow_remote || clients_count(d.px.clients) > 0,
 	                   request_handle, &d.px, err, sizeof(err));
 	if (!d.srv) {
 		log_error("server.listen: %s", err);
@@ -737,6 +780,7 @@ out:
 		server_free(d.srv);
 	oauth_free(d.px.oauth);
 	credentials_free(d.px.creds);
+	clients_free(d.px.clients);
 	limiter_free(d.px.limiter);
 	upstream_free(d.px.up_v2);
 	upstream_free(d.px.up_v1);

@@ -17,6 +17,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <criterion/criterion.h>
@@ -507,4 +509,39 @@ Test(lifecycle, not_ready_when_redis_unreachable)
 
 	fixture_start(&fx, &o);
 	wait_readyz("redis", "redis unreachable");
+}
+
+/* A notify socket nobody reads (its queue full: net.unix.max_dgram_qlen is 10 on Debian) must
+ * never stop the proxy: the watchdog pings, reloads and the drain all notify, and each would
+ * block a blocking sendto for good. */
+Test(lifecycle, full_notify_socket_never_blocks)
+{
+	static char *env[] = { "WATCHDOG_USEC=100000", NULL };
+	struct fixture_opts o = { .proxy_env = env };
+
+	fixture_start(&fx, &o);
+	/* Fill the harness's receive queue from here, and keep it full: nobody reads it now. */
+	int fd = socket(AF_UNIX, SOCK_DGRAM, 0);
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	cr_assert(fd >= 0);
+	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", fx.proxy->notify_path);
+	int sent = 0;
+	while (sent < 1000 &&
+	       sendto(fd, "X=1", 3, MSG_DONTWAIT, (struct sockaddr *)&sun, sizeof(sun)) == 3)
+		sent++;
+	close(fd);
+	cr_assert_lt(sent, 1000, "the queue never filled");
+	/* Watchdog pings every 50 ms and two reloads, all into a full queue. */
+	harness_kill(fx.proxy, SIGHUP);
+	usleep(300000);
+	harness_kill(fx.proxy, SIGHUP);
+	usleep(300000);
+	char *h = jwt_headers("65f0a1b2c3d4e5f6a7b8c9e0", "LocNotifyFull000000001");
+	for (int i = 0; i < 3; i++)
+		cr_expect_eq(get_status(fx.proxy_addr, "/contacts/", h), 200, "the loop is stuck");
+	free(h);
+	int64_t t0 = harness_now_ms();
+	harness_kill(fx.proxy, SIGTERM);
+	cr_expect_eq(harness_wait_exit(fx.proxy, 10000), 0, "no clean exit");
+	cr_expect_lt(harness_now_ms() - t0, 5000);
 }
