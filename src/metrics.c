@@ -4,10 +4,15 @@
  *
  * Histograms get storage only for the table's histogram rows: a second expansion of the table
  * numbers them (enum hist_slot) and maps each metric id to its slot, or to -1.
+ *
+ * Labelled families keep a fixed array of (value, count) per family, found by a linear search:
+ * at most METRICS_LABEL_VALUES_MAX entries plus one for METRICS_LABEL_OTHER, whatever the
+ * configuration does over any number of reloads.
  */
 #include "metrics.h"
 
 #include <math.h>
+#include <stdbool.h>
 #include <string.h>
 
 #include <event2/buffer.h>
@@ -57,6 +62,24 @@ static struct {
 	double sum_s;
 	uint64_t count;
 } hists[HS__COUNT];
+
+struct labelled_series {
+	char value[METRICS_LABEL_VALUE_LEN + 1];
+	uint64_t count;
+};
+
+static const struct {
+	const char *family, *label, *help;
+} labelled_defs[ML__COUNT] = {
+#define METRIC_LABELLED_DEF(id, family, label, help) [ML_##id] = { family, label, help },
+	METRICS_LABELLED_TABLE(METRIC_LABELLED_DEF)
+#undef METRIC_LABELLED_DEF
+};
+
+static struct {
+	struct labelled_series v[METRICS_LABEL_VALUES_MAX + 1]; /* + the "other" series */
+	size_t n;
+} labelled[ML__COUNT];
 
 void metrics_inc(enum metric_id id)
 {
@@ -110,6 +133,87 @@ void metrics_upstream_status(int status)
 		metrics_inc(M_UP_429);
 }
 
+static struct labelled_series *labelled_search(enum metric_labelled_id id, const char *value)
+{
+	for (size_t i = 0; i < labelled[id].n; i++)
+		if (strcmp(labelled[id].v[i].value, value) == 0)
+			return &labelled[id].v[i];
+	return NULL;
+}
+
+static struct labelled_series *labelled_find(enum metric_labelled_id id, const char *value,
+                                             bool create)
+{
+	struct labelled_series *e;
+	size_t len;
+
+	if ((unsigned)id >= ML__COUNT)
+		return NULL;
+	len = value ? strnlen(value, METRICS_LABEL_VALUE_LEN + 1) : 0;
+	if (len == 0 || len > METRICS_LABEL_VALUE_LEN)
+		value = METRICS_LABEL_OTHER;
+	e = labelled_search(id, value);
+	if (e || !create)
+		return e;
+	/* Full: what does not fit goes to "other", which has a slot of its own (the + 1). */
+	if (labelled[id].n >= METRICS_LABEL_VALUES_MAX) {
+		value = METRICS_LABEL_OTHER;
+		e = labelled_search(id, value);
+		if (e)
+			return e;
+	}
+	e = &labelled[id].v[labelled[id].n++];
+	util_strlcpy(e->value, value, sizeof(e->value));
+	e->count = 0;
+	return e;
+}
+
+void metrics_labelled_add(enum metric_labelled_id id, const char *value, uint64_t n)
+{
+	struct labelled_series *e = labelled_find(id, value, true);
+
+	if (e)
+		e->count += n;
+}
+
+uint64_t metrics_labelled_get(enum metric_labelled_id id, const char *value)
+{
+	const struct labelled_series *e = labelled_find(id, value, false);
+
+	return e ? e->count : 0;
+}
+
+/* A label value in the exposition format: backslash, double quote and newline escaped. */
+static void add_label_value(struct evbuffer *out, const char *v)
+{
+	for (; *v; v++) {
+		if (*v == '\\' || *v == '"')
+			evbuffer_add_printf(out, "\\%c", *v);
+		else if (*v == '\n')
+			evbuffer_add(out, "\\n", 2);
+		else
+			evbuffer_add(out, v, 1);
+	}
+}
+
+static void render_labelled(struct evbuffer *out)
+{
+	for (int id = 0; id < ML__COUNT; id++) {
+		if (labelled[id].n == 0)
+			continue; /* no client configured: a family without samples is left out */
+		evbuffer_add_printf(out, "# HELP %s %s\n# TYPE %s counter\n",
+		                    labelled_defs[id].family, labelled_defs[id].help,
+		                    labelled_defs[id].family);
+		for (size_t i = 0; i < labelled[id].n; i++) {
+			evbuffer_add_printf(out, "%s{%s=\"", labelled_defs[id].family,
+			                    labelled_defs[id].label);
+			add_label_value(out, labelled[id].v[i].value);
+			evbuffer_add_printf(out, "\"} %llu\n",
+			                    (unsigned long long)labelled[id].v[i].count);
+		}
+	}
+}
+
 static void render_histogram(struct evbuffer *out, const char *family, int slot)
 {
 	uint64_t cum = 0;
@@ -145,10 +249,12 @@ void metrics_render(struct evbuffer *out)
 		else
 			evbuffer_add_printf(out, "%s %lld\n", d->family, (long long)values[i]);
 	}
+	render_labelled(out);
 }
 
 void metrics_reset(void)
 {
 	memset(values, 0, sizeof(values));
 	memset(hists, 0, sizeof(hists));
+	memset(labelled, 0, sizeof(labelled));
 }

@@ -9,7 +9,10 @@
  * admin.c just before it renders. It leaves as text through metrics_render.
  *
  * Labels are fixed in the table: no per-location, per-key or per-token label, so the number of
- * series is bounded whatever the traffic. Rows of one family are adjacent in the table (the
+ * series is bounded whatever the traffic. The one exception is a labelled family
+ * (METRICS_LABELLED_TABLE), whose label values come from the configuration (client names), never
+ * from requests: at most METRICS_LABEL_VALUES_MAX series each, further values counted together
+ * under METRICS_LABEL_OTHER. Rows of one family are adjacent in the table (the
  * renderer writes HELP and TYPE once per family, on its first row, which carries the help text).
  * Histograms are in seconds (Prometheus' base unit); callers observe milliseconds.
  */
@@ -38,6 +41,7 @@ struct evbuffer;
 	X(REQ_SHUTDOWN, counter, "ghlproxy_requests_total", "outcome=\"shutdown\"", "")         \
 	X(REQ_INTERNAL_ERROR, counter, "ghlproxy_requests_total", "outcome=\"internal_error\"", \
 	  "")                                                                                   \
+	X(REQ_FORBIDDEN, counter, "ghlproxy_requests_total", "outcome=\"forbidden\"", "")       \
 	X(REQ_QUEUED, counter, "ghlproxy_requests_queued_total", "",                            \
 	  "Client requests that waited in a key's queue (each also ends with one outcome)")     \
 	X(UP_1XX, counter, "ghlproxy_upstream_responses_total", "class=\"1xx\"",                \
@@ -77,6 +81,11 @@ struct evbuffer;
 	  "Writes of the token store that failed")                                              \
 	X(TOKENS_NEEDING_REINSTALL, gauge, "ghlproxy_tokens_needing_reinstall", "",             \
 	  "Installations whose refresh token HighLevel refused (the app must be reinstalled)")  \
+	X(DENY_MISSING, counter, "ghlproxy_client_refusals_total", "reason=\"missing\"",        \
+	  "Requests refused by the client-key check ([clients]), by reason")                    \
+	X(DENY_INVALID, counter, "ghlproxy_client_refusals_total", "reason=\"invalid\"", "")    \
+	X(DENY_RESOURCE, counter, "ghlproxy_client_refusals_total", "reason=\"resource\"", "")  \
+	X(DENY_READONLY, counter, "ghlproxy_client_refusals_total", "reason=\"read_only\"", "") \
 	X(RELOADS, counter, "ghlproxy_reloads_total", "", "Configuration reloads applied")      \
 	X(RELOAD_FAILURES, counter, "ghlproxy_reload_failures_total", "",                       \
 	  "Configuration reloads refused (the running configuration was kept)")                 \
@@ -89,6 +98,27 @@ enum metric_id {
 #undef METRIC_ENUM
 	        M__COUNT
 };
+
+/*
+ * Counter families with one label whose values are known only at run time (from the config).
+ * X(id, family, label, help).
+ */
+#define METRICS_LABELLED_TABLE(X)                                      \
+	X(CLIENT_REQUESTS, "ghlproxy_client_requests_total", "client", \
+	  "Requests that presented a valid client key ([clients]), by client")
+
+enum metric_labelled_id {
+#define METRIC_LABELLED_ENUM(id, family, label, help) ML_##id,
+	METRICS_LABELLED_TABLE(METRIC_LABELLED_ENUM)
+#undef METRIC_LABELLED_ENUM
+	        ML__COUNT
+};
+
+/* Series per labelled family, and the longest label value kept (longer ones count as other). */
+#define METRICS_LABEL_VALUES_MAX 256
+#define METRICS_LABEL_VALUE_LEN  64
+/* The series that takes what does not fit (not a valid client name, so it cannot clash). */
+#define METRICS_LABEL_OTHER "(other)"
 
 /* The names request.c has used for the two histograms. */
 #define H_QUEUE_WAIT       M_QUEUE_WAIT
@@ -104,6 +134,15 @@ void metrics_observe(enum metric_id id, double ms);
 
 /* Count one upstream answer by its status class. */
 void metrics_upstream_status(int status);
+
+/*
+ * Add n to the series of a labelled family whose label is `value`, creating it (n = 0 makes it
+ * appear at 0 before its first event). Series live until metrics_reset: a client removed by a
+ * reload keeps its count, as a Prometheus counter should.
+ */
+void metrics_labelled_add(enum metric_labelled_id id, const char *value, uint64_t n);
+/* The value of that series; 0 when it does not exist. */
+uint64_t metrics_labelled_get(enum metric_labelled_id id, const char *value);
 
 /* Append every metric in the Prometheus text exposition format (0.0.4). */
 void metrics_render(struct evbuffer *out);

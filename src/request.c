@@ -4,8 +4,10 @@
  *   server.c on_request ─► request_handle
  *     check_target / headers_check_request     400 / 405 on what must not be forwarded
  *     route: /v1/... ─► px->up_v1, else px->up_v2
+ *     check_client ─► clients_authenticate: 401 without a valid client key  [clients.c]
  *     prepare: filtered end-to-end headers, Version and User-Agent defaults, body moved here
  *     classify_request ─► the key (app, resource)                 [classify.c]
+ *     clients_authorize: 403 for a resource or method the client may not use
  *     limiter_acquire ─► admit now | wait (on_admitted) | reject   [limiter.c]
  *     send_upstream ─► upstream_send                               [upstream.c]
  *       on_up_head: status + filtered headers kept; feedback to the limiter
@@ -37,6 +39,7 @@
 #include <openssl/crypto.h>
 
 #include "classify.h"
+#include "clients.h"
 #include "config.h"
 #include "credentials.h"
 #include "headers.h"
@@ -71,6 +74,7 @@ struct proxy_req {
 	struct server_conn *conn;
 	uint64_t id;
 	char peer[64]; /* for the log line, which may come after the connection is gone */
+	char client[CLIENTS_NAME_MAX + 1]; /* [clients] name of its key, "" when none */
 	enum req_state state;
 	enum evhttp_cmd_type method;
 	const char *method_str;
@@ -184,8 +188,9 @@ static void log_line(struct proxy_req *p)
 		LOG_NUM("bytes", p->bytes_out),
 		LOG_STR("key", p->key.burst_key),
 		LOG_STR("outcome", p->outcome ? p->outcome : "forwarded"),
+		LOG_STR("client", p->client), /* last: left out when there is none */
 	};
-	log_fields(LOG_INFO, "request", f, (int)ARRAY_SIZE(f));
+	log_fields(LOG_INFO, "request", f, (int)ARRAY_SIZE(f) - !p->client[0]);
 }
 
 static void count_outcome(const struct proxy_req *p)
@@ -202,6 +207,7 @@ static void count_outcome(const struct proxy_req *p)
 		{ "bad_request", M_REQ_BAD_REQUEST },
 		{ "unavailable", M_REQ_UNAVAILABLE },
 		{ "unauthorized", M_REQ_UNAUTHORIZED },
+		{ "forbidden", M_REQ_FORBIDDEN },
 		{ "shutdown", M_REQ_SHUTDOWN },
 		{ "internal_error", M_REQ_INTERNAL_ERROR },
 	};
@@ -781,6 +787,109 @@ static const char *bearer_of(const struct evkeyvalq *in, size_t *len)
 	return auth;
 }
 
+/*
+ * Refuse a request the client-key check turned down: 401 (with the scheme to use) or 403, JSON,
+ * counted by reason. Nothing was forwarded or counted against a rate-limit key.
+ */
+static void refuse_client(struct proxy_req *p, enum clients_verdict v)
+{
+	static const enum metric_id refusal[] = {
+		[CLIENTS_MISSING] = M_DENY_MISSING,
+		[CLIENTS_INVALID] = M_DENY_INVALID,
+		[CLIENTS_RESOURCE] = M_DENY_RESOURCE,
+		[CLIENTS_READ_ONLY] = M_DENY_READONLY,
+	};
+	bool inject = p->px->cfg->server.mode == CONFIG_MODE_INJECT;
+	char msg[256];
+
+	if (v == CLIENTS_OK || (size_t)v >= ARRAY_SIZE(refusal))
+		v = CLIENTS_INVALID;
+	metrics_inc(refusal[v]);
+	switch (v) {
+	case CLIENTS_READ_ONLY:
+		snprintf(msg, sizeof(msg),
+		         "client %s is read-only: only GET, HEAD and OPTIONS are allowed",
+		         p->client);
+		answer_error(p, 403, msg, "forbidden");
+		return;
+	case CLIENTS_RESOURCE:
+		if (*p->key.resource)
+			snprintf(msg, sizeof(msg), "client %s may not use %s", p->client,
+			         p->key.resource);
+		else
+			snprintf(msg, sizeof(msg),
+			         "client %s is limited to its resources and this request names no "
+			         "location or company",
+			         p->client);
+		answer_error(p, 403, msg, "forbidden");
+		return;
+	case CLIENTS_MISSING:
+	case CLIENTS_INVALID:
+	case CLIENTS_OK:
+	default:
+		break;
+	}
+	if (p->req)
+		evhttp_add_header(evhttp_request_get_output_headers(p->req), "WWW-Authenticate",
+		                  inject ? "Bearer realm=\"ghlproxy\""
+		                         : "X-GHL-Proxy-Key realm=\"ghlproxy\"");
+	if (v == CLIENTS_MISSING)
+		answer_error(
+		        p, 401,
+		        inject ? "this proxy needs a client key: send Authorization: Bearer <key>"
+		               : "this proxy needs a client key: send X-GHL-Proxy-Key: <key>",
+		        "unauthorized");
+	else
+		answer_error(p, 401, "the client key is not valid", "unauthorized");
+}
+
+/*
+ * With [clients] configured, the request must carry one client's key: Authorization: Bearer in
+ * inject mode (where the client's Authorization is never forwarded), X-GHL-Proxy-Key in
+ * passthrough (where Authorization is HighLevel's; X-GHL-* headers are never forwarded). Two of
+ * the header are refused rather than guessed between. Answers and returns -1 when refused.
+ */
+static int check_client(struct proxy_req *p, const struct evkeyvalq *in, const struct client **out)
+{
+	bool inject = p->px->cfg->server.mode == CONFIG_MODE_INJECT;
+	const char *name = inject ? "Authorization" : "X-GHL-Proxy-Key";
+	const char *key = NULL;
+	size_t len = 0;
+	enum clients_verdict v;
+
+	*out = NULL;
+	if (clients_count(p->px->clients) == 0)
+		return 0;
+	if (headers_count(in, name) > 1) {
+		v = CLIENTS_INVALID;
+	} else {
+		const char *raw = evhttp_find_header(in, name);
+
+		if (raw && inject) {
+			key = bearer_of(in, &len);
+			if (!key) { /* another scheme: compared anyway, and refused */
+				key = raw;
+				len = strlen(raw);
+			}
+		} else if (raw) {
+			key = raw;
+			while (*key == ' ' || *key == '\t')
+				key++;
+			len = strlen(key);
+			while (len > 0 && (key[len - 1] == ' ' || key[len - 1] == '\t'))
+				len--;
+		}
+		v = clients_authenticate(p->px->clients, key, len, out);
+	}
+	if (v != CLIENTS_OK) {
+		refuse_client(p, v);
+		return -1;
+	}
+	util_strlcpy(p->client, clients_name(*out), sizeof(p->client));
+	metrics_labelled_add(ML_CLIENT_REQUESTS, p->client, 1);
+	return 0;
+}
+
 static int classify(struct proxy_req *p, struct evkeyvalq *in)
 {
 	struct classify_header *hs;
@@ -903,6 +1012,7 @@ void request_handle(struct server_conn *conn, struct evhttp_request *req, void *
 	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
 	const char *uri = evhttp_request_get_uri(req);
 	const char *path = NULL, *why;
+	const struct client *client = NULL; /* in px->clients: valid during this call only */
 	unsigned flags = HEADERS_DROP_HOST | HEADERS_DROP_LENGTH | HEADERS_DROP_PROXY_CONTROL |
 	                 HEADERS_DROP_EXPECT;
 
@@ -946,6 +1056,8 @@ void request_handle(struct server_conn *conn, struct evhttp_request *req, void *
 	}
 	p->path_len = route_path_len(p->target);
 	p->up = route_is_v1(p->target) ? px->up_v1 : px->up_v2;
+	if (check_client(p, in, &client) < 0)
+		return;
 
 	/* The body is ours from here on (moved, not copied): evhttp may free its request when the
 	 * client goes away, and a resend after a 429 needs it whole. */
@@ -966,6 +1078,15 @@ void request_handle(struct server_conn *conn, struct evhttp_request *req, void *
 	if (classify(p, in) < 0) {
 		answer_error(p, 503, "out of memory", "internal_error");
 		return;
+	}
+	if (client) {
+		/* Before a credential is chosen: a 401 naming a resource the client may not use
+		 * would tell it which resources the proxy holds credentials for. */
+		enum clients_verdict cv = clients_authorize(client, p->method_str, p->key.resource);
+		if (cv != CLIENTS_OK) {
+			refuse_client(p, cv);
+			return;
+		}
 	}
 	if (cfg->server.mode == CONFIG_MODE_INJECT) {
 		if (choose_credential(p) < 0)

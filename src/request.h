@@ -15,6 +15,7 @@ struct server_conn;
 struct config;
 struct upstream;
 struct limiter;
+struct clients;
 
 struct proxy_req;
 
@@ -25,8 +26,9 @@ struct proxy {
 	struct upstream *up_v2;   /* upstream.url */
 	struct upstream *up_v1;   /* upstream.v1_url */
 	struct limiter *limiter;
-	struct credentials *creds;      /* [pit], [v1_keys]: swapped on reload */
-	struct oauth *oauth;            /* inject mode with oauth.client_id; else NULL */
+	struct credentials *creds; /* [pit], [v1_keys]: swapped on reload */
+	struct oauth *oauth;       /* inject mode with oauth.client_id; else NULL */
+	struct clients *clients;   /* [clients] keys (none: no key asked for): swapped on reload */
 	TAILQ_HEAD(, proxy_req) active; /* every request not yet freed */
 	TAILQ_HEAD(, proxy_req) graveyard;
 	struct event *sweep;
