@@ -1822,8 +1822,11 @@ static void apply_override(struct loader *ld, const char *arg, size_t index)
 		          (int)(dot - arg), arg);
 		return;
 	}
-	w.hide_value = false;
-	w.what_len = strlen(arg);
+	/* A known key's value is echoed with the argument, except a URL with user info: the part
+	 * before '@' may be a password (parse_value refuses it without quoting it, too). */
+	w.hide_value = (keys[i].type == KEY_URL || keys[i].type == KEY_REDIS_URL) &&
+	               strchr(eq + 1, '@') != NULL;
+	w.what_len = w.hide_value ? (size_t)(eq - arg) : strlen(arg);
 	set_key(ld, i, eq + 1, &w);
 }
 

@@ -31,7 +31,9 @@ int route_parse_url(const char *url, struct route_url *out, char *err, size_t er
 	} else {
 		return fail(err, err_len, "URL must start with https:// or http://");
 	}
-	if (*p == '[') {
+	bool bracketed = *p == '[';
+
+	if (bracketed) {
 		host = p + 1;
 		host_end = strchr(host, ']');
 		if (!host_end)
@@ -49,13 +51,22 @@ int route_parse_url(const char *url, struct route_url *out, char *err, size_t er
 		return fail(err, err_len, "URL has no valid host");
 	memcpy(out->host, host, (size_t)(host_end - host));
 	out->host[host_end - host] = '\0';
+	/* A '[' or ']' in the host would make host_header an authority that route_authority_is()
+	 * cannot match ("https://[[]/" gave the host "[" and the Host header "["). */
 	for (const char *c = out->host; *c; c++)
-		if ((unsigned char)*c <= ' ' || *c == '/' || *c == '\\' || *c == '%')
+		if ((unsigned char)*c <= ' ' || *c == '/' || *c == '\\' || *c == '%' || *c == '[' ||
+		    *c == ']')
 			return fail(err, err_len, "URL host has invalid characters");
+	/* Brackets hold an IPv6 address and nothing else (RFC 3986 3.2.2), as config.c checks. */
+	if (bracketed && inet_pton(AF_INET6, out->host, addr) != 1)
+		return fail(err, err_len, "URL has an invalid IPv6 literal");
 	out->port = out->tls ? 443 : 80;
 	if (*p == ':') {
 		char *end;
 		port_s = ++p;
+		/* digits only: strtol alone would also take " 443" and "+443" */
+		if (*port_s < '0' || *port_s > '9')
+			return fail(err, err_len, "URL has an invalid port");
 		long v = strtol(port_s, &end, 10);
 		if (end == port_s || v < 1 || v > 65535)
 			return fail(err, err_len, "URL has an invalid port");

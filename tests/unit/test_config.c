@@ -477,6 +477,49 @@ Test(config, secrets_are_not_echoed)
 	config_errors_deinit(&errs);
 }
 
+/*
+ * Found by fuzz_config: -o echoed a known key's whole argument in front of the message, so a
+ * refused "user:password@" URL printed its password there ("-o upstream.url=https://u:pw@h").
+ */
+Test(config, overridden_url_password_is_not_echoed)
+{
+	const char *const ov[] = {
+		"upstream.url=https://user:s3cr3t@example.com",
+		"upstream.v1_url=https://:s3cr3t@example.com/",
+		"redis.url=redis://:s3cr3t@127.0.0.1:6379/0",
+		"oauth.redirect_uri=http://user:s3cr3t@127.0.0.1:8081/oauth/callback",
+		"oauth.authorize_url=https://s3cr3t@marketplace.gohighlevel.com/",
+		"upstream.url=ftp://example.com/s3cr3t@",
+	};
+	char *const envp[] = { "GHLPROXY_UPSTREAM_URL=https://user:s3cr3t@example.com", NULL };
+	const char *want = "command line: -o upstream.url=(hidden): upstream.url: user info "
+	                   "(user:password@) is not allowed in a URL";
+	struct config_errors errs = { 0 };
+	struct config *c;
+	char *got;
+
+	c = config_load_string("", "t.conf", envp, ov, ARRAY_SIZE(ov), &errs);
+	got = join_errors(&errs);
+	cr_expect_null(c);
+	config_free(c);
+	cr_expect_eq(errs.n, ARRAY_SIZE(ov) + 1, "%s", got);
+	cr_expect_null(strstr(got, "s3cr3t"), "a secret was echoed:\n%s", got);
+	cr_expect_not_null(strstr(got, want), "%s", got);
+	free(got);
+	config_errors_deinit(&errs);
+
+	/* a value without '@' is still quoted with its argument */
+	const char *const ov_ok[] = { "upstream.url=ftp://example.com" };
+
+	c = config_load_string("", "t.conf", NULL, ov_ok, 1, &errs);
+	got = join_errors(&errs);
+	cr_expect_null(c);
+	cr_expect_str_eq(got, "command line: -o upstream.url=ftp://example.com: upstream.url: "
+	                      "'ftp://example.com' must start with http:// or https://");
+	free(got);
+	config_errors_deinit(&errs);
+}
+
 /* ---- valid values ---- */
 
 Test(config, file_values_are_parsed)

@@ -39,6 +39,15 @@ Test(route, parse_urls)
 		{ "https://host#frag", 0 },
 		{ "https://[::1", 0 },
 		{ "services.leadconnectorhq.com", 0 },
+		/* found by fuzz_classify: accepted hosts whose Host header did not name them */
+		{ "https://[[]/", 0 },
+		{ "https://[a[b]:443", 0 },
+		{ "https://a]b/", 0 },
+		{ "https://[example.com]/", 0 },
+		{ "https://[::ffff:10.0.0.1]", 1, 1, "::ffff:10.0.0.1", 443, "[::ffff:10.0.0.1]",
+		  "" },
+		{ "https://host:+443", 0 },
+		{ "https://host: 443", 0 },
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
 		struct route_url u;
@@ -55,6 +64,9 @@ Test(route, parse_urls)
 		cr_expect_eq(u.port, cases[i].port, "%s", cases[i].url);
 		cr_expect_str_eq(u.host_header, cases[i].host_header, "%s", cases[i].url);
 		cr_expect_str_eq(u.base_path, cases[i].base, "%s", cases[i].url);
+		/* what the proxy sends as Host names the upstream it parsed */
+		cr_expect(route_authority_is(&u, u.host_header, strlen(u.host_header)), "%s",
+		          cases[i].url);
 	}
 }
 
