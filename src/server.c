@@ -161,6 +161,10 @@ void server_send_error(struct evhttp_request *req, int status, const char *messa
 	evbuffer_add_printf(body, "\",\"error\":\"%s\"}", server_reason(status));
 	evhttp_remove_header(out, "Content-Type");
 	evhttp_add_header(out, "Content-Type", "application/json");
+	/* A request refused as malformed ends its connection, whoever refused it: the client's
+	 * idea of the connection's state is not to be trusted after it (RFC 9112 9.6 allows). */
+	if (status == 400)
+		close = true;
 	if (close) {
 		evhttp_remove_header(out, "Connection");
 		evhttp_add_header(out, "Connection", "close");
@@ -227,6 +231,11 @@ static int64_t conn_deadline_ms(const struct server_conn *c)
 		return c->last_byte_ms + lim->body_timeout_ms;
 	if (c->guard.in_message)
 		return c->msg_start_ms + lim->header_timeout_ms;
+	/* A connection that never sent a byte is a client still to send its first header
+	 * block: it gets header_timeout from the accept, not the longer keep-alive idle_timeout,
+	 * so silent connections cannot hold slots for a minute each. */
+	if (c->n_passed == 0)
+		return c->last_byte_ms + lim->header_timeout_ms;
 	return c->last_byte_ms + lim->idle_timeout_ms;
 }
 
@@ -273,7 +282,8 @@ static void on_conn_timer(evutil_socket_t fd, short what, void *arg)
 
 	conn_register_fd(c);
 	if (c->refuse) {
-		conn_inject_now(c, 503, "too many connections");
+		if (!c->guard_dead)
+			conn_inject_now(c, 503, "too many connections");
 		return;
 	}
 	int64_t deadline = conn_deadline_ms(c);
@@ -288,7 +298,9 @@ static void on_conn_timer(evutil_socket_t fd, short what, void *arg)
 	} else if (c->guard.in_message) {
 		conn_inject_now(c, 408, "request header timeout");
 	} else {
-		/* Idle keep-alive connection: close it; evhttp frees it on this EOF. */
+		/* Idle keep-alive connection, or one that never sent a byte: close it without an
+		 * answer (a 408 on a connection the client has not used yet would be read as the
+		 * answer to the request it may be about to send); evhttp frees it on this EOF. */
 		c->guard_dead = true;
 		bufferevent_trigger_event(c->filter, BEV_EVENT_EOF | BEV_EVENT_READING, 0);
 	}
@@ -403,6 +415,13 @@ static enum bufferevent_filter_result guard_filter(struct evbuffer *src, struct 
 	if (c->guard_dead) {
 		evbuffer_drain(src, evbuffer_get_length(src));
 		return BEV_NEED_MORE;
+	}
+	if (c->refuse) {
+		/* Over max_connections and the client spoke before the refusal timer ran: what it
+		 * sent is never parsed, let alone forwarded. */
+		evbuffer_drain(src, evbuffer_get_length(src));
+		conn_inject(c, dst, 503, "too many connections");
+		return BEV_OK;
 	}
 	if (evbuffer_get_length(src) > 0)
 		c->last_byte_ms = now;
@@ -572,6 +591,9 @@ static void on_request(struct evhttp_request *req, void *arg)
 		                                 LOG_NUM("status", c->guard_status),
 		                                 LOG_STR("reason", c->guard_reason) },
 		           3);
+		if (c->refuse)
+			evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After",
+			                  "1");
 		server_send_error(req, c->guard_status, c->guard_reason, true);
 		return;
 	}
@@ -670,7 +692,7 @@ static void append_address(struct server *srv, const char *addr)
 		return;
 	if (old)
 		n[old++] = ',';
-	strcpy(n + old, addr);
+	strcpy(n + old, addr); /* NOLINT(clang-analyzer-security.insecureAPI.strcpy): sized above */
 	srv->addresses = n;
 }
 
@@ -685,6 +707,7 @@ static int bind_unix(struct server *srv, const char *path, const struct config *
 		snprintf(err, err_len, "unix:%s: path too long", path);
 		return -1;
 	}
+	/* NOLINTNEXTLINE(clang-analyzer-security.insecureAPI.strcpy): length checked above */
 	strcpy(sun.sun_path, path);
 	/* A stale socket from a previous run is replaced; anything else is left alone. */
 	if (lstat(path, &st) == 0) {
@@ -847,7 +870,7 @@ struct server *server_new(struct event_base *base, const char *name, const char 
 	srv->nonce_path[0] = '/';
 	for (size_t i = 0; i < sizeof(nonce); i++)
 		snprintf(srv->nonce_path + 1 + 2 * i, 3, "%02x", nonce[i]);
-	strcat(srv->nonce_path, "/");
+	strcat(srv->nonce_path, "/"); /* NOLINT(clang-analyzer-security.insecureAPI.strcpy): fits */
 
 	srv->http = evhttp_new(base);
 	if (!srv->http) {

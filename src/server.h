@@ -96,7 +96,8 @@ size_t server_conn_output_pending(const struct server_conn *c);
 
 /*
  * Answer with a JSON error: {"statusCode":N,"message":"..."} plus Content-Type. close: add
- * "Connection: close". The message must not carry a secret.
+ * "Connection: close" (always done for 400: a malformed request ends its connection). The
+ * message must not carry a secret.
  */
 void server_send_error(struct evhttp_request *req, int status, const char *message, bool close);
 

@@ -392,6 +392,19 @@ static void on_evhttp_done(struct evhttp_request *req, void *arg)
 		finish(x, r, x->detail[0] ? x->detail : NULL);
 		return;
 	}
+	if (x->conn && evbuffer_get_length(bufferevent_get_input(x->conn->bev)) > 0) {
+		/* Bytes past the end of the response (beyond its Content-Length, after its last
+		 * chunk, a body on a HEAD answer): evhttp would read them as the answer to the next
+		 * request sent on this connection, handing one client another's answer. The
+		 * response itself was complete by its framing; the connection is not reused. */
+		log_fields(LOG_WARNING, "upstream sent bytes past the end of a response",
+		           (struct log_field[]){
+		                   LOG_STR("upstream", x->up->url.host),
+		                   LOG_NUM("bytes", (long long)evbuffer_get_length(
+		                                            bufferevent_get_input(x->conn->bev))) },
+		           2);
+		x->conn->is_dead = true;
+	}
 	finish(x, UPSTREAM_OK, NULL);
 }
 

@@ -9,7 +9,8 @@
  *
  * Connections: created on demand up to upstream.max_connections, reused newest-first (a warm
  * connection beats a handshake), dropped on any error, on "Connection: close", when the peer
- * closes an idle one, or after upstream.idle_timeout idle. A connection is never reused after a
+ * closes an idle one, when it sent bytes past the end of a response (they would be read as the
+ * next request's answer), or after upstream.idle_timeout idle. A connection is never reused after a
  * failure: libevent's evhttp would reconnect it with the same TLS state, which cannot work.
  */
 #ifndef GHLPROXY_UPSTREAM_H

@@ -5,8 +5,8 @@
  *  - every request outside /__mock/ is recorded in arrival order (CLOCK_MONOTONIC ms taken when
  *    the call is counted, i.e. after the optional jitter wait; method; raw URI; headers in
  *    received order; body length and SHA-256; status answered; rate-limit keys) and answered
- *    with a JSON echo, or by a behaviour under /mock/ (status, slow, big, close, truncate,
- *    bigheaders, headers);
+ *    with a JSON echo, or by a behaviour under /mock/ (status, slow, big, close,
+ *    truncate[?bytes=N&sent=M], bigheaders, headers, overlong: extra bytes after the body);
  *  - with --limit N --window-ms W it limits calls per key like HighLevel (sliding or fixed
  *    windows, optional rolling daily limit) and answers 429 with lower-case X-RateLimit-* headers;
  *  - /__mock/ is control (log, reset, stats, spend), never recorded nor limited.
@@ -1406,14 +1406,15 @@ static void truncate_sent(struct evhttp_connection *evcon, void *arg)
 	call_drop_connection(arg);
 }
 
-static void truncate_start(struct call *c)
+/* Announce `announced` bytes, send `sent` (< announced) of them, then drop the connection. */
+static void truncate_start(struct call *c, long announced, long sent)
 {
 	struct evhttp_request *req = c->req;
 	struct evbuffer *piece;
 
 	evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
 	                  "application/octet-stream");
-	add_header_fmt(req, "Content-Length", "%d", TRUNCATE_ANNOUNCED);
+	add_header_fmt(req, "Content-Length", "%ld", announced);
 	if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
 		call_mark_replied(c);
 		evhttp_send_reply(req, 200, NULL, NULL); /* a HEAD has nothing to cut */
@@ -1422,9 +1423,30 @@ static void truncate_start(struct call *c)
 	c->streaming = true;
 	evhttp_send_reply_start(req, 200, NULL);
 	piece = evbuffer_new();
-	evbuffer_add(piece, g_pattern, TRUNCATE_SENT);
+	for (long left = sent; left > 0; left -= BIG_PIECE_BYTES)
+		evbuffer_add(piece, g_pattern,
+		             left < BIG_PIECE_BYTES ? (size_t)left : BIG_PIECE_BYTES);
 	evhttp_send_reply_chunk_with_cb(req, piece, truncate_sent, c);
 	evbuffer_free(piece);
+}
+
+/*
+ * /mock/overlong: a response whose body is followed, in the same write, by bytes beyond its
+ * Content-Length that look like a second response (a hostile or broken upstream). A client that
+ * reuses the connection would read them as the answer to its next request.
+ */
+static void overlong_reply(struct call *c)
+{
+	static const char extra[] = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+	                            "Content-Length: 17\r\n\r\n{\"smuggled\":true}";
+	struct evhttp_connection *evcon = c->evcon;
+	bool is_head = evhttp_request_get_command(c->req) == EVHTTP_REQ_HEAD;
+
+	reply_echo(c, 200);
+	/* evhttp queued the whole reply in the connection's output buffer: append after it. */
+	if (!is_head && evcon != NULL)
+		bufferevent_write(evhttp_connection_get_bufferevent(evcon), extra,
+		                  sizeof(extra) - 1);
 }
 
 static void bigheaders_reply(struct call *c, long bytes)
@@ -1553,7 +1575,20 @@ static int call_behave(struct call *c, const char *path, const char *query)
 		status = 0;
 		call_arm(c, STEP_CLOSE, 0); /* not from inside evhttp's read callback */
 	} else if (strcmp(path, "/mock/truncate") == 0) {
-		truncate_start(c);
+		long sent = TRUNCATE_SENT;
+		v = query_param(&q, "bytes");
+		n = TRUNCATE_ANNOUNCED;
+		if ((v == NULL || parse_long(v, 2, MAX_BIGHEAD_BYTES, &n)) &&
+		    ((v = query_param(&q, "sent")) == NULL ||
+		     parse_long(v, 0, MAX_BIGHEAD_BYTES, &sent)) &&
+		    sent < n) {
+			truncate_start(c, n, sent);
+		} else {
+			status = 400;
+			reply_echo(c, 400);
+		}
+	} else if (strcmp(path, "/mock/overlong") == 0) {
+		overlong_reply(c);
 	} else if (strcmp(path, "/mock/bigheaders") == 0) {
 		v = query_param(&q, "bytes");
 		if (parse_long(v, 0, MAX_BIGHEAD_BYTES, &n)) {
