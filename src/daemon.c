@@ -681,7 +681,8 @@ int daemon_run(struct config *cfg, const struct daemon_args *args)
 	int rc = 1;
 	bool px_ready = false;
 
-	signal(SIGPIPE, SIG_IGN); /* libevent and hiredis write without MSG_NOSIGNAL */
+	/* libevent and hiredis write without MSG_NOSIGNAL. signal() fails only on a bad number. */
+	(void)signal(SIGPIPE, SIG_IGN);
 	log_setup((enum log_level)cfg->log.level, (enum log_format)cfg->log.format);
 
 	d.base = make_base();
@@ -794,7 +795,7 @@ out:
 	if (d.tls)
 		tls_client_ctx_free(d.tls);
 	if (d.dns)
-		evdns_base_free(d.dns, 0);
+		evdns_base_free(d.dns, 1); /* 1: lookups still in flight are failed and freed */
 	if (d.base)
 		event_base_free(d.base);
 	config_free(d.old_cfg);
