@@ -31,8 +31,17 @@
 #include "ratelimit_headers.h"
 #include "util.h"
 
+/*
+ * The sweep visits the whole key table once per SWEEP_INTERVAL_MS, whatever its size, so an idle
+ * key is freed at most that long after its windows passed. A table of up to SWEEP_BATCH buckets
+ * is one tick; a larger one is spread over ticks of SWEEP_BATCH buckets (262,144 buckets, as
+ * 100,000 PIT locations make: 64 ticks 78 ms apart, a fraction of a millisecond each), and once
+ * ticks would come closer than SWEEP_TICK_MIN_MS, over larger batches. (One fixed batch every
+ * 5 s took 320 s to reach every key of that table: forgotten keys held their memory that long.)
+ */
 #define SWEEP_INTERVAL_MS 5000
-#define SWEEP_BATCH       4096 /* buckets of the table visited per sweep tick */
+#define SWEEP_BATCH       4096 /* buckets visited per tick, while ticks are far enough apart */
+#define SWEEP_TICK_MIN_MS 20
 
 /* ---- the key table ---- */
 
@@ -49,9 +58,14 @@ static uint32_t hash_name(const char *s)
 
 static int tab_grow(struct limiter *l)
 {
-	uint32_t n = (l->tab_mask + 1) * 2;
-	struct lkey **nt = calloc(n, sizeof(*nt));
+	uint32_t n;
+	struct lkey **nt;
 
+	/* 2^31 buckets at most: twice that would wrap the uint32_t size to 0. */
+	if (l->tab_mask >= UINT32_MAX / 2)
+		return -ENOMEM;
+	n = (l->tab_mask + 1) * 2;
+	nt = calloc(n, sizeof(*nt));
 	if (!nt)
 		return -ENOMEM;
 	for (uint32_t i = 0; i <= l->tab_mask; i++) {
@@ -137,13 +151,30 @@ static void sweep_bucket(struct limiter *l, uint32_t i, int64_t now)
 	}
 }
 
+/* This tick's batch of buckets, and when the next tick comes: see SWEEP_INTERVAL_MS. */
+static uint32_t sweep_plan(const struct limiter *l, struct timeval *next)
+{
+	uint64_t buckets = (uint64_t)l->tab_mask + 1;
+	uint64_t ticks = (buckets + SWEEP_BATCH - 1) / SWEEP_BATCH;
+	uint64_t tick_ms;
+
+	if (ticks > SWEEP_INTERVAL_MS / SWEEP_TICK_MIN_MS)
+		ticks = SWEEP_INTERVAL_MS / SWEEP_TICK_MIN_MS;
+	tick_ms = SWEEP_INTERVAL_MS / ticks;
+	next->tv_sec = (time_t)(tick_ms / 1000);
+	next->tv_usec = (suseconds_t)(tick_ms % 1000) * 1000;
+	return (uint32_t)((buckets + ticks - 1) / ticks);
+}
+
 static void on_sweep(evutil_socket_t fd, short what, void *arg)
 {
 	struct limiter *l = arg;
 	int64_t now = util_now_ms();
-	uint32_t n = MIN((uint32_t)SWEEP_BATCH, l->tab_mask + 1);
-	struct timeval tv = { SWEEP_INTERVAL_MS / 1000, 0 };
+	struct timeval tv;
+	uint32_t n = sweep_plan(l, &tv);
 
+	/* cppcheck takes tab_mask + 1 for 0 (tab_mask is 2^k - 1, k <= 31: see tab_grow) */
+	/* cppcheck-suppress knownConditionTrueFalse */
 	for (uint32_t j = 0; j < n; j++) {
 		sweep_bucket(l, l->sweep_pos, now);
 		l->sweep_pos = (l->sweep_pos + 1) & l->tab_mask;

@@ -42,8 +42,8 @@ static const struct metric_def defs[M__COUNT] = {
 #define HSLOT(id, type, family, labels, help) HSLOT_##type(id)
 enum hist_slot { METRICS_TABLE(HSLOT) HS__COUNT };
 
-#define HINDEX_counter(id)                     -1
-#define HINDEX_gauge(id)                       -1
+#define HINDEX_counter(id)                     (-1)
+#define HINDEX_gauge(id)                       (-1)
 #define HINDEX_histogram(id)                   HS_##id
 #define HINDEX(id, type, family, labels, help) [M_##id] = HINDEX_##type(id),
 static const int hist_index[M__COUNT] = { METRICS_TABLE(HINDEX) };

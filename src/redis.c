@@ -160,7 +160,7 @@ struct redis {
 };
 
 static void start_attempt(struct redis *r);
-static void conn_lost(struct redis *r, struct redis_conn *c, const char *why);
+static void conn_lost(struct redis *r, const struct redis_conn *c, const char *why);
 
 /* ---- URL ---- */
 
@@ -456,7 +456,7 @@ static void schedule_retry(struct redis *r)
  * op gets its preset error (the late one: "timeout") or why. Idempotent; c may be NULL (an
  * attempt still resolving the host name).
  */
-static void conn_lost(struct redis *r, struct redis_conn *c, const char *why)
+static void conn_lost(struct redis *r, const struct redis_conn *c, const char *why)
 {
 	struct redis_op *op;
 	bool was_up = r->is_up;

@@ -110,7 +110,6 @@ struct proxy_req {
 	bool attached; /* to its server_conn: told if the connection dies */
 	bool watching; /* EV_CLOSED watch on while it waits */
 	bool paused;
-	bool error_logged;
 	const char *outcome; /* for the log line */
 };
 

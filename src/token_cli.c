@@ -209,7 +209,7 @@ static int read_refresh_token(const char *resource, char **out)
 		quiet.c_lflag &= ~(tcflag_t)ECHO;
 		echo_off = tcsetattr(0, TCSAFLUSH, &quiet) == 0;
 		fprintf(stderr, "Refresh token for %s (not echoed): ", resource);
-		fflush(stderr);
+		(void)fflush(stderr); /* a prompt: nothing better to do if it fails */
 	}
 	for (;;) {
 		char c;
@@ -855,7 +855,11 @@ int token_cli_main(const struct config *cfg, int argc, char **argv)
 		rc = redis_run(cfg, &a, has_key ? &key : NULL, refresh_token);
 	else
 		rc = file_run(cfg, &a, has_key ? &key : NULL, refresh_token);
-	fflush(stdout);
+	/* A listing cut short (a full disk, a closed pipe) must not exit 0. */
+	if ((fflush(stdout) != 0 || ferror(stdout)) && rc == EXIT_OK) {
+		fail("writing standard output failed");
+		rc = EXIT_FAIL;
+	}
 	if (refresh_token) {
 		OPENSSL_cleanse(refresh_token, strlen(refresh_token));
 		free(refresh_token);

@@ -55,6 +55,7 @@ static void write_key(const char *name, const char *key)
 {
 	char content[256];
 
+	harness_secret(key);
 	snprintf(content, sizeof(content), "%s\n", key);
 	cr_assert_eq(harness_write_file(fx.dir, name, content), 0);
 }
@@ -89,6 +90,8 @@ static void start(const char *extra_fmt)
 	write_key("alpha.key", KEY_ALPHA);
 	write_key("beta.key", KEY_BETA);
 	write_key("gamma.key", KEY_GAMMA);
+	harness_secret(PIT_1);
+	harness_secret(PIT_2);
 	cr_assert_eq(harness_write_file(fx.dir, "loc1.pit", PIT_1), 0);
 	cr_assert_eq(harness_write_file(fx.dir, "loc2.pit", PIT_2), 0);
 	subst_dir(extra_fmt, fx.dir, extra, sizeof(extra));

@@ -173,6 +173,7 @@ Test(forward, v1_routing)
 	struct httpc_response r;
 	int before_v2 = fixture_mock_count(fx.mock_ctl);
 
+	harness_secret("v1-api-key-abc");
 	req("GET", "/v1/contacts/?limit=1", "Authorization: Bearer v1-api-key-abc\r\n", NULL, 0,
 	    &r);
 	cr_assert_eq(r.status, 200);
@@ -198,6 +199,8 @@ Test(forward, request_headers)
 	char host[64], want_host[80];
 	int port;
 
+	harness_secret("passthrough-token-123");
+	harness_secret("cHJveHk6c2VjcmV0"); /* Proxy-Authorization: proxy:secret */
 	req("GET", "/contacts/",
 	    "Connection: keep-alive, X-Remove-Me\r\n"
 	    "X-Remove-Me: secret-hop\r\n"
@@ -657,6 +660,7 @@ Test(forward, log_lines_without_secrets)
 	const char *token = "pit-7f3a9c1e-5b2d-4e8f-a6c4-0d1e2f3a4b5c";
 	char hdr[128];
 
+	harness_secret(token);
 	snprintf(hdr, sizeof(hdr), "Authorization: Bearer %s\r\n", token);
 	req("GET", "/contacts/logged?secret_query=hunter2&locationId=LOC9", hdr, NULL, 0, &r);
 	httpc_response_free(&r);
@@ -832,6 +836,7 @@ Test(logs, json_lines_without_secrets)
 	char hdr[128];
 
 	fixture_start(&fx, &o);
+	harness_secret(token);
 	snprintf(hdr, sizeof(hdr), "Authorization: Bearer %s\r\n", token);
 	req("POST", "/contacts/json?secret_query=hunter2&locationId=LOCJ", hdr, "{\"a\":1}", 7, &r);
 	cr_expect_eq(r.status, 200);

@@ -1007,6 +1007,7 @@ Test(hostile_upstream, tls_downgrade_refused)
 	struct httpc_response r;
 
 	fixture_start(&fx, &o);
+	harness_secret("v1-api-key-hostile");
 
 	/* Control: the same server with TLS 1.2 allowed is served through, so what follows fails
 	 * for the version alone. */
@@ -1115,6 +1116,7 @@ static char *classified(const char *path, const char *bearer, const char *ctype,
 	cr_assert_not_null(headers);
 	struct httpc_response r;
 
+	harness_secret(bearer);
 	snprintf(headers, hl, "Authorization: Bearer %s\r\n%s%s%s", bearer,
 	         ctype ? "Content-Type: " : "", ctype ? ctype : "", ctype ? "\r\n" : "");
 	cr_assert_eq(req(body ? "POST" : "GET", path, headers, body, body_len, &r), 0,

@@ -50,6 +50,7 @@ static char *jwt_headers(const char *app, const char *loc)
 	size_t len = strlen(jwt) + 80;
 	char *h = malloc(len);
 
+	harness_secret(jwt);
 	snprintf(h, len, "Authorization: Bearer %s\r\nVersion: 2021-07-28\r\n", jwt);
 	free(jwt);
 	return h;

@@ -57,6 +57,7 @@ static void make_keys(struct keys *k, int n)
 		snprintf(loc, sizeof(loc), "Loc%dAbCdEfGhIjKlMnOp", i);
 		char *jwt = oracle_make_jwt(app, "Location", loc, 4102444800.0);
 		size_t len = strlen(jwt) + 64;
+		harness_secret(jwt);
 		k->auth[i] = malloc(len);
 		snprintf(k->auth[i], len, "Authorization: Bearer %s\r\nVersion: 2021-07-28\r\n",
 		         jwt);
@@ -269,6 +270,8 @@ Test(limiter, pits_share_a_daily_budget)
 {
 	struct load_result lr;
 
+	harness_secret("pit-11111111-2222-3333-4444-555555555555");
+	harness_secret("pit-66666666-7777-8888-9999-000000000000");
 	start("--limit 20 --window-ms 2000 --daily 60 --jitter-ms 20",
 	      "[limits]\nburst = 20\nwindow = 2s\nguard = 50ms\ndaily = 60\n");
 	load_run(fx.proxy_addr, 8, 8000, pick_pits, NULL, &lr);

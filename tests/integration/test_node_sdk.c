@@ -230,6 +230,7 @@ static char *seed(void)
 	                json_pack("{s:s, s:s}", "user_type", "Location", "resource", LOCATION));
 	const char *rt = json_string_value(json_object_get(j, "refresh_token"));
 	cr_assert(rt, "the mock gave no refresh token");
+	harness_secret(rt);
 	char *out = strdup(rt);
 	json_decref(j);
 	return out;
@@ -399,6 +400,8 @@ Test(node_sdk, passthrough_pit_calls_and_sdk_driven_refresh)
 	char *env[] = { "GHL_MODE=passthrough", "GHL_PIT=" PIT, "GHL_CLIENT_ID=" CLIENT_ID,
 		        "GHL_CLIENT_SECRET=" CLIENT_SECRET, rt_env };
 	struct secret_list sl = { { PIT, CLIENT_SECRET, rt }, 3 };
+	harness_secret(PIT);
+	harness_secret(CLIENT_SECRET);
 
 	cr_expect_eq(run_script(node, sdk_dir, env, 5, &sl), 0, "the SDK's checks failed");
 
@@ -516,6 +519,7 @@ Test(node_sdk, inject_mode_with_a_placeholder_credential)
 
 	char *env[] = { "GHL_MODE=inject", "GHL_DUMMY_TOKEN=" PLACEHOLDER };
 	struct secret_list sl = { { CLIENT_SECRET, rt }, 2 };
+	harness_secret(CLIENT_SECRET);
 
 	cr_expect_eq(run_script(node, sdk_dir, env, 2, &sl), 0, "the SDK's checks failed");
 
@@ -584,6 +588,7 @@ Test(node_sdk, proxy_429s_as_the_sdk_reads_them)
 	fixture_start(&fx, &o);
 	char *env[] = { "GHL_MODE=ratelimit", "GHL_PIT=" PIT };
 	struct secret_list sl = { { PIT }, 1 };
+	harness_secret(PIT);
 
 	cr_expect_eq(run_script(node, sdk_dir, env, 2, &sl), 0, "the SDK's checks failed");
 

@@ -87,6 +87,7 @@ static char *seed(const char *user_type, const char *resource, const char *compa
 		json_object_set_new(b, "company_id", json_string(company));
 	json_t *j = ctl("POST", "/__mock/oauth/seed", b);
 	char *rt = strdup(json_string_value(json_object_get(j, "refresh_token")));
+	harness_secret(rt);
 	json_decref(j);
 	return rt;
 }
@@ -121,6 +122,7 @@ static void write_store(const char *path, const struct install_set *s, size_t n,
 
 static void write_secret(void)
 {
+	harness_secret(CLIENT_SECRET);
 	cr_assert_eq(harness_write_file(fx.dir, "client_secret", CLIENT_SECRET "\n"), 0);
 }
 
@@ -502,6 +504,7 @@ Test(oauth, install_callback_end_to_end)
 	          "%s", loc);
 	httpc_response_free(&r);
 
+	harness_secret("install-code-1");
 	json_decref(ctl("POST", "/__mock/oauth/code",
 	                json_pack("{s:s, s:s, s:s}", "code", "install-code-1", "user_type",
 	                          "Location", "resource", "LocNew000077")));
@@ -616,6 +619,9 @@ Test(oauth, pit_injected_and_rotated_on_reload)
 	char extra[600];
 
 	fixture_start(&fx, &o);
+	harness_secret(pit1);
+	harness_secret(pit2);
+	harness_secret("client-side-key");
 	cr_assert_eq(harness_write_file(fx.dir, "loc.pit", pit1), 0);
 	snprintf(extra, sizeof(extra),
 	         "[server]\nmode = inject\n[pit]\nLocPit000001 = %s/loc.pit\n", fx.dir);
@@ -708,6 +714,7 @@ Test(oauth, encrypted_store_import_while_running_and_wrong_key)
 	char addr[128], admin[128], extra[512], conf[400], path[400];
 
 	start_mock(MOCK_OAUTH("60000"));
+	harness_secret("5f0c6d2a9b7e4c1d8a3f6e2b9c0d7a4e1f8b5c2d9e6a3f0b7c4d1e8a5b2f9c6d");
 	cr_assert_eq(harness_write_file(
 	                     fx.dir, "store.key",
 	                     "5f0c6d2a9b7e4c1d8a3f6e2b9c0d7a4e1f8b5c2d9e6a3f0b7c4d1e8a5b2f9c6d\n"),

@@ -642,6 +642,8 @@ Test(redis, requirepass)
 	struct call c = { 0 };
 	struct capture cap;
 
+	harness_secret("s3cret-Pass");
+	harness_secret("wrong-Pass-42");
 	struct harness_proc *p =
 	        start_redis("redis", "--requirepass s3cret-Pass", sock, sizeof(sock));
 	url_of(url, sizeof(url), sock, NULL);

@@ -112,6 +112,7 @@ static void make_keys(struct keys *k)
 		snprintf(loc, sizeof(loc), "SharedLoc%dXyZ", i);
 		char *jwt = oracle_make_jwt(app, "Location", loc, 4102444800.0);
 		size_t len = strlen(jwt) + 64;
+		harness_secret(jwt);
 		k->auth[i] = malloc(len);
 		snprintf(k->auth[i], len, "Authorization: Bearer %s\r\n", jwt);
 		free(jwt);

@@ -33,6 +33,19 @@ static void setup(void)
 	dir = harness_tmpdir();
 	cr_assert(dir);
 	run_no = 0;
+	/* Every token, password and key these tests give the CLI, for the secret scan. */
+	harness_secret("SECRET-rt-one");
+	harness_secret("SECRET-rt-two");
+	harness_secret("SECRET-rt-c");
+	harness_secret("SECRET-rt-enc");
+	harness_secret("SECRET-rt");
+	harness_secret("SECRET-x");
+	harness_secret("SECRET-on-cmdline");
+	harness_secret("SECRET-stdin");
+	harness_secret("SECRET with space");
+	harness_secret("SECRET-redis-pw");
+	harness_secret("00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff");
+	harness_secret("ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100");
 }
 
 static void teardown(void)
@@ -88,6 +101,7 @@ static struct run finish_cli(struct harness_proc *p, int n)
 	cr_assert(asprintf(&out_path, "%s/cli%d.out", dir, n) > 0);
 	r.out = harness_read_file(out_path, NULL);
 	cr_assert(r.out);
+	harness_transcript_append("log-cli-stdout", r.out, strlen(r.out));
 	cr_assert(r.err);
 	free(out_path);
 	return r;

@@ -10,14 +10,21 @@
  * passes its path in NOTIFY_SOCKET, and collects the datagrams ('\n'-separated KEY=VALUE lines).
  * Waits poll that socket together with a pidfd of the child (or short poll slices where pidfd_open
  * is missing), so a child that dies is noticed at once and no wait is a fixed sleep.
+ *
+ * Also owns the run's transcript for the secret scan (see harness.h): the directory, the copy of
+ * each child's stderr when it is freed, the list of mock upstream addresses announced over
+ * NOTIFY_SOCKET (httpc files their responses apart), and the secrets file. Transcript writes
+ * happen under one lock, since tests call httpc from several threads.
  */
 #define _GNU_SOURCE
 #include "harness.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,6 +43,8 @@ extern char **environ;
 /* Where pidfd_open is unavailable, waits re-check the child this often (ms). */
 #define FALLBACK_SLICE_MS 10
 
+#define TRANSCRIPT_ENV "GHLPROXY_TEST_TRANSCRIPT_DIR"
+
 /* The public struct first, so that a struct harness_proc * converts back to its wrapper. */
 struct proc_priv {
 	struct harness_proc pub;
@@ -43,6 +52,8 @@ struct proc_priv {
 	size_t n_dgrams;
 	size_t n_consumed; /* datagrams harness_wait_notify has consumed */
 	int pidfd;         /* -1 when pidfd_open is unavailable */
+	off_t log_start;   /* size of stderr_path when spawned: its earlier bytes are not ours */
+	bool is_upstream;  /* a mock upstream (its binary, or it sent X_MOCK_LISTEN) */
 	struct proc_priv *next;
 };
 
@@ -54,6 +65,14 @@ struct tmpdir_entry {
 static struct proc_priv *g_procs;
 static struct tmpdir_entry *g_tmpdirs;
 static unsigned g_spawn_seq; /* makes every notify socket path unique within a worker */
+
+/* The transcript (see harness.h), all behind g_tx_lock. The directory is resolved once per
+ * process; the addresses are those mocks announced to this worker. */
+static pthread_mutex_t g_tx_lock = PTHREAD_MUTEX_INITIALIZER;
+static bool g_tx_resolved;
+static char *g_tx_dir;
+static char **g_upstream_addrs;
+static size_t g_n_upstream_addrs;
 
 static struct proc_priv *priv_of(struct harness_proc *p)
 {
@@ -240,6 +259,223 @@ char *harness_read_file(const char *path, size_t *len)
 	return buf;
 }
 
+/* ---- transcript ---- */
+
+static int write_all(int fd, const void *data, size_t len)
+{
+	const unsigned char *p = data;
+	size_t off = 0;
+
+	while (off < len) {
+		ssize_t n = write(fd, p + off, len - off);
+
+		if (n < 0) {
+			if (errno == EINTR) {
+				continue;
+			}
+			return -1;
+		}
+		off += (size_t)n;
+	}
+	return 0;
+}
+
+/* mkdir -p; 0 or -1 (errno set). */
+static int mkdir_p(const char *path)
+{
+	char *copy = xstrdup(path);
+	int rc = 0;
+
+	for (char *s = copy + 1; rc == 0; s++) {
+		bool end = *s == '\0';
+
+		if (*s != '/' && !end) {
+			continue;
+		}
+		*s = '\0';
+		if (mkdir(copy, 0700) != 0 && errno != EEXIST) {
+			rc = -1;
+		}
+		if (end) {
+			break;
+		}
+		*s = '/';
+	}
+	free(copy);
+	return rc;
+}
+
+static const char *transcript_dir_locked(void)
+{
+	if (!g_tx_resolved) {
+		const char *v = getenv(TRANSCRIPT_ENV);
+
+		g_tx_resolved = true;
+		if (v != NULL && v[0] != '\0') {
+			if (mkdir_p(v) == 0) {
+				g_tx_dir = xstrdup(v);
+			} else {
+				fprintf(stderr, "harness: %s=%s: %s\n", TRANSCRIPT_ENV, v,
+				        strerror(errno));
+			}
+		}
+	}
+	return g_tx_dir;
+}
+
+const char *harness_transcript_dir(void)
+{
+	const char *dir;
+
+	pthread_mutex_lock(&g_tx_lock);
+	dir = transcript_dir_locked();
+	pthread_mutex_unlock(&g_tx_lock);
+	return dir;
+}
+
+/* Append to dir/leaf (O_APPEND, one file per writer process); g_tx_lock held. */
+static void transcript_write_locked(const char *leaf, const void *data, size_t len)
+{
+	const char *dir = transcript_dir_locked();
+	char *path;
+	int fd;
+
+	if (dir == NULL) {
+		return;
+	}
+	path = path_join(dir, leaf);
+	fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+	if (fd < 0 || write_all(fd, data, len) != 0) {
+		fprintf(stderr, "harness: transcript %s: %s\n", path, strerror(errno));
+	}
+	if (fd >= 0) {
+		close(fd);
+	}
+	free(path);
+}
+
+void harness_transcript_append(const char *prefix, const void *data, size_t len)
+{
+	char leaf[128];
+
+	snprintf(leaf, sizeof(leaf), "%s-%ld.txt", prefix, (long)getpid());
+	pthread_mutex_lock(&g_tx_lock);
+	transcript_write_locked(leaf, data, len);
+	pthread_mutex_unlock(&g_tx_lock);
+}
+
+void harness_secret(const char *secret)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t n;
+	char *line;
+
+	if (secret == NULL) {
+		return;
+	}
+	/* Hex, one per line: any byte survives, and the file is no plain copy of them. */
+	n = strlen(secret);
+	line = malloc(2 * n + 2);
+	if (line == NULL) {
+		abort();
+	}
+	for (size_t i = 0; i < n; i++) {
+		line[2 * i] = hex[(unsigned char)secret[i] >> 4];
+		line[2 * i + 1] = hex[(unsigned char)secret[i] & 15];
+	}
+	line[2 * n] = '\n';
+	pthread_mutex_lock(&g_tx_lock);
+	transcript_write_locked("secrets.txt", line, 2 * n + 1);
+	pthread_mutex_unlock(&g_tx_lock);
+	free(line);
+}
+
+static void upstream_addr_add(const char *addr, size_t len)
+{
+	char **n;
+
+	pthread_mutex_lock(&g_tx_lock);
+	n = realloc(g_upstream_addrs, (g_n_upstream_addrs + 1) * sizeof(*n));
+	if (n == NULL) {
+		abort();
+	}
+	g_upstream_addrs = n;
+	g_upstream_addrs[g_n_upstream_addrs] = strndup(addr, len);
+	if (g_upstream_addrs[g_n_upstream_addrs] == NULL) {
+		abort();
+	}
+	g_n_upstream_addrs++;
+	pthread_mutex_unlock(&g_tx_lock);
+}
+
+bool harness_is_upstream_addr(const char *addr)
+{
+	bool found = false;
+
+	pthread_mutex_lock(&g_tx_lock);
+	for (size_t i = 0; i < g_n_upstream_addrs && !found; i++) {
+		found = strcmp(g_upstream_addrs[i], addr) == 0;
+	}
+	pthread_mutex_unlock(&g_tx_lock);
+	return found;
+}
+
+/* A datagram's X_MOCK_LISTEN / X_MOCK_CONTROL lines: the sender is a mock upstream. */
+static void note_upstream(struct proc_priv *pp, const char *d)
+{
+	static const char *const vars[] = { "X_MOCK_LISTEN=", "X_MOCK_CONTROL=" };
+
+	for (const char *s = d; *s != '\0';) {
+		const char *e = strchr(s, '\n');
+		size_t len = e == NULL ? strlen(s) : (size_t)(e - s);
+
+		for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
+			size_t vl = strlen(vars[i]);
+
+			if (len > vl && memcmp(s, vars[i], vl) == 0) {
+				pp->is_upstream = true;
+				upstream_addr_add(s + vl, len - vl);
+			}
+		}
+		if (e == NULL) {
+			break;
+		}
+		s = e + 1;
+	}
+}
+
+/* Copy what the child wrote to its stderr file since it was spawned into the transcript. */
+static void transcript_proc_log(struct proc_priv *pp)
+{
+	struct harness_proc *p = &pp->pub;
+	char leaf[128];
+	char name[48];
+	size_t len = 0;
+	char *log;
+
+	if (p->pid <= 0 || harness_transcript_dir() == NULL) {
+		return;
+	}
+	log = harness_read_file(p->stderr_path, &len);
+	if (log == NULL) {
+		return; /* its directory is gone already: nothing to copy */
+	}
+	snprintf(name, sizeof(name), "%s", p->name);
+	for (char *c = name; *c != '\0'; c++) {
+		if (!isalnum((unsigned char)*c) && *c != '_' && *c != '.' && *c != '-') {
+			*c = '_';
+		}
+	}
+	snprintf(leaf, sizeof(leaf), "%slog-%s-%ld.txt", pp->is_upstream ? "upstream-" : "", name,
+	         (long)p->pid);
+	if ((off_t)len > pp->log_start) {
+		pthread_mutex_lock(&g_tx_lock);
+		transcript_write_locked(leaf, log + pp->log_start, len - (size_t)pp->log_start);
+		pthread_mutex_unlock(&g_tx_lock);
+	}
+	free(log);
+}
+
 /* ---- children ---- */
 
 static int env_name_len(const char *entry)
@@ -416,8 +652,10 @@ static int open_pidfd(pid_t pid)
 struct harness_proc *harness_spawn(const char *dir, const char *name, char *const argv[],
                                    char *const extra_env[])
 {
+	const char *mock = harness_mock_bin();
 	struct proc_priv *pp;
 	struct harness_proc *p;
+	struct stat st;
 	char *leaf;
 	char **envp;
 	int log_fd;
@@ -453,6 +691,9 @@ struct harness_proc *harness_spawn(const char *dir, const char *name, char *cons
 	p->notify_path = path_join(dir, leaf);
 	free(leaf);
 	p->ready_vars = xstrdup("");
+	/* The log file is appended to: a process of the same name may have written there before. */
+	pp->log_start = stat(p->stderr_path, &st) == 0 ? st.st_size : 0;
+	pp->is_upstream = mock != NULL && strcmp(argv[0], mock) == 0;
 
 	p->notify_fd = bind_notify_socket(p->notify_path);
 	if (p->notify_fd < 0) {
@@ -518,6 +759,7 @@ static void append_dgram(struct proc_priv *pp, const char *data, size_t len)
 	}
 	pp->dgrams = nd;
 	pp->dgrams[pp->n_dgrams++] = d;
+	note_upstream(pp, d);
 
 	nv = realloc(p->ready_vars, old + (sep ? 1 : 0) + strlen(d) + 1);
 	if (nv == NULL) {
@@ -836,6 +1078,7 @@ void harness_proc_free(struct harness_proc *p)
 	if (pp->pidfd >= 0) {
 		close(pp->pidfd);
 	}
+	transcript_proc_log(pp);
 	if (p->notify_fd >= 0) {
 		close(p->notify_fd);
 		unlink(p->notify_path);

@@ -102,4 +102,36 @@ int harness_split_addr(const char *addr, char *host, size_t host_len, int *port)
 /* Monotonic milliseconds. */
 int64_t harness_now_ms(void);
 
+/*
+ * The run's transcript, for the secret scan (tests/integration/secret_scan.py, the last test of
+ * a `meson test` run). When GHLPROXY_TEST_TRANSCRIPT_DIR names a directory (made on first use;
+ * tests/integration/meson.build sets it), three things go there, else nothing happens:
+ *  - harness_proc_free copies the stderr the process wrote (log-<name>-<pid>.txt; a process
+ *    that announced itself as a mock upstream with X_MOCK_LISTEN, or is $GHLPROXY_MOCK_BIN,
+ *    goes to upstream-log-...: the upstream's view, which the scan skips);
+ *  - httpc appends every response it reads, head and body (the first 1 MiB), to
+ *    http-<pid>.txt, or to upstream-http-<pid>.txt when the peer is a mock's address;
+ *  - harness_secret appends each secret a test configures to secrets.txt (hex-encoded).
+ */
+
+/*
+ * Register a secret the test gives the proxy or its clients (a PIT, a bearer token, a client
+ * key, an admin key, an OAuth client secret or refresh token, a Redis password, a store key):
+ * the scan fails if it, or its first 16 characters, appears in any log line or response of the
+ * run. Values under 8 characters are recorded but not searched for (they would turn up by
+ * chance): use distinctive ones. NULL is ignored. Safe from any thread.
+ */
+void harness_secret(const char *secret);
+
+/* The transcript directory, or NULL when there is none (no variable, or it cannot be made). */
+const char *harness_transcript_dir(void);
+
+/* Append bytes to <transcript dir>/<prefix>-<pid>.txt in one locked write; no-op without a
+ * transcript. For httpc. */
+void harness_transcript_append(const char *prefix, const void *data, size_t len);
+
+/* Is "host:port" (as getpeername gives it) an address a mock upstream announced (X_MOCK_LISTEN,
+ * X_MOCK_CONTROL) to this worker? For httpc's choice of transcript file. */
+bool harness_is_upstream_addr(const char *addr);
+
 #endif

@@ -7,6 +7,8 @@
  * Responses are parsed per RFC 9112: status line, header fields (obs-fold joined), interim 1xx
  * skipped, body by HEAD/1xx/204/304 (none), Transfer-Encoding chunked, Content-Length or close.
  * Buffers grow geometrically, so 30 MB+ bodies cost amortised O(n).
+ * Every response read (a partial one too) goes to the run's transcript when there is one
+ * (harness.h): head, and the first TRANSCRIPT_BODY_MAX bytes of the body.
  */
 #define _GNU_SOURCE
 #include "httpc.h"
@@ -19,6 +21,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,13 +36,18 @@
 #define MAX_LINE_BYTES     (1024 * 1024)       /* chunk-size and trailer lines */
 #define CONNECT_TIMEOUT_MS 10000
 #define SEND_TIMEOUT_MS    30000
+/* Body bytes kept in the transcript per response: error bodies, /status and /metrics are far
+ * smaller; the large bodies are the upstream's, relayed. */
+#define TRANSCRIPT_BODY_MAX (1024 * 1024)
 
 struct reader {
 	unsigned char *buf;
 	size_t start; /* first unconsumed byte */
 	size_t end;   /* one past the last byte received */
 	size_t cap;
-	bool eof; /* the peer closed (or reset): nothing more will come */
+	bool eof;       /* the peer closed (or reset): nothing more will come */
+	char peer[128]; /* "host:port" or "unix:path" as connected, for the transcript; "" unknown
+	                 */
 };
 
 /* Indexed by fd. Freed when the last reader goes. Tests use httpc from many threads at once
@@ -297,6 +305,35 @@ static int connect_tcp(const char *addr)
 	return fd;
 }
 
+/* The peer of a connected socket as "host:port", "[v6]:port" or "unix:path"; "" if unknown. */
+static void peer_name(int fd, char *out, size_t out_len)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+	char host[INET6_ADDRSTRLEN];
+	char port[16];
+
+	out[0] = '\0';
+	if (getpeername(fd, (struct sockaddr *)&ss, &len) != 0) {
+		return;
+	}
+	if (ss.ss_family == AF_UNIX) {
+		const struct sockaddr_un *sun = (const struct sockaddr_un *)&ss;
+
+		snprintf(out, out_len, "unix:%.*s",
+		         (int)(len > offsetof(struct sockaddr_un, sun_path)
+		                       ? strnlen(sun->sun_path, sizeof(sun->sun_path))
+		                       : 0),
+		         sun->sun_path);
+		return;
+	}
+	if (getnameinfo((struct sockaddr *)&ss, len, host, sizeof(host), port, sizeof(port),
+	                NI_NUMERICHOST | NI_NUMERICSERV) != 0) {
+		return;
+	}
+	snprintf(out, out_len, ss.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host, port);
+}
+
 int httpc_connect(const char *addr)
 {
 	int fd;
@@ -310,11 +347,15 @@ int httpc_connect(const char *addr)
 		fd = connect_tcp(addr);
 	}
 	if (fd >= 0) {
+		struct reader *r;
+
 		reader_drop(fd); /* a stale reader of an fd number closed without httpc_close */
-		if (reader_get(fd) == NULL) {
+		r = reader_get(fd);
+		if (r == NULL) {
 			close(fd);
 			return -1;
 		}
+		peer_name(fd, r->peer, sizeof(r->peer));
 	}
 	return fd;
 }
@@ -957,6 +998,67 @@ static int read_response(int fd, struct reader *r, struct httpc_response *resp, 
 	return read_until_close(fd, r, body, deadline_ms);
 }
 
+/*
+ * One transcript record: a marker line naming the peer, the status, the lengths and whether
+ * the read completed, then the head as received (re-serialised) and the first bytes of the body.
+ * The scan reads records by these lengths, so a body may hold anything.
+ */
+static void transcript_response(int fd, struct reader *r, const struct httpc_response *resp,
+                                const unsigned char *body, size_t body_len, bool complete)
+{
+	struct growbuf head = { 0 };
+	struct growbuf rec = { 0 };
+	size_t stored = body_len < TRANSCRIPT_BODY_MAX ? body_len : TRANSCRIPT_BODY_MAX;
+	const char *reason = resp->reason ? resp->reason : "";
+	char line[256];
+	int n;
+
+	if (harness_transcript_dir() == NULL) {
+		return;
+	}
+	if (r->peer[0] == '\0') {
+		peer_name(fd, r->peer, sizeof(r->peer));
+	}
+	if (resp->status != 0) {
+		/* Status and minor version are numbers, so the line fits. */
+		n = snprintf(line, sizeof(line), "HTTP/1.%d %03d ", resp->minor_version,
+		             resp->status);
+		if (n < 0 || growbuf_append(&head, line, (size_t)n) != 0 ||
+		    growbuf_append(&head, reason, strlen(reason)) != 0 ||
+		    growbuf_append(&head, "\r\n", 2) != 0) {
+			goto out;
+		}
+		for (size_t i = 0; i < resp->n_headers; i++) {
+			const struct httpc_header *h = &resp->headers[i];
+
+			if (growbuf_append(&head, h->name, strlen(h->name)) != 0 ||
+			    growbuf_append(&head, ": ", 2) != 0 ||
+			    growbuf_append(&head, h->value, strlen(h->value)) != 0 ||
+			    growbuf_append(&head, "\r\n", 2) != 0) {
+				goto out;
+			}
+		}
+		if (growbuf_append(&head, "\r\n", 2) != 0) {
+			goto out;
+		}
+	}
+	/* r->peer is at most 127 bytes: the marker fits. */
+	n = snprintf(line, sizeof(line),
+	             "\n=== response peer=%s status=%d complete=%d head=%zu body=%zu stored=%zu\n",
+	             r->peer[0] ? r->peer : "unknown", resp->status, complete ? 1 : 0, head.len,
+	             body_len, stored);
+	if (n < 0 || (size_t)n >= sizeof(line) || growbuf_append(&rec, line, (size_t)n) != 0 ||
+	    (head.len > 0 && growbuf_append(&rec, head.p, head.len) != 0) ||
+	    (stored > 0 && growbuf_append(&rec, body, stored) != 0)) {
+		goto out;
+	}
+	harness_transcript_append(harness_is_upstream_addr(r->peer) ? "upstream-http" : "http",
+	                          rec.p, rec.len);
+out:
+	free(head.p);
+	free(rec.p);
+}
+
 int httpc_read_response(int fd, struct httpc_response *resp, bool head_request, int timeout_ms)
 {
 	struct reader *r = reader_get(fd);
@@ -975,6 +1077,7 @@ int httpc_read_response(int fd, struct httpc_response *resp, bool head_request, 
 		int status = resp->status;
 		int minor = resp->minor_version;
 
+		transcript_response(fd, r, resp, body.p, body.len, false);
 		httpc_response_free(resp);
 		resp->status = status;
 		resp->minor_version = minor;
@@ -991,6 +1094,7 @@ int httpc_read_response(int fd, struct httpc_response *resp, bool head_request, 
 	resp->body = body.p;
 	resp->body_len = body.len;
 	resp->closed = r->eof || wants_close(resp) || eof_pending(fd, r);
+	transcript_response(fd, r, resp, resp->body, resp->body_len, true);
 	return 0;
 }
 
