@@ -39,7 +39,8 @@ static void stop(void)
 		if (rc != 0) {
 			char *log = harness_log(fx.proxy);
 			size_t n = strlen(log);
-			fprintf(stderr, "proxy exit %d, log tail:\n%s\n", rc, log + (n > 4000 ? n - 4000 : 0));
+			fprintf(stderr, "proxy exit %d, log tail:\n%s\n", rc,
+			        log + (n > 4000 ? n - 4000 : 0));
 			free(log);
 		}
 		cr_expect_eq(rc, 0, "the proxy did not exit cleanly");
