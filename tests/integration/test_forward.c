@@ -8,7 +8,10 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <grp.h>
+#include <pwd.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -772,6 +775,53 @@ Test(listen, unix_socket)
 	cr_assert_eq(httpc_request(addr, "GET", "/over/unix", NULL, NULL, 0, &r, TIMEOUT_MS), 0);
 	cr_expect_eq(r.status, 200);
 	httpc_response_free(&r);
+	stop_clean();
+}
+
+/* A unix listener takes its owner, group and mode from server.socket_owner / socket_group /
+ * socket_mode, so that only one service user may reach the proxy; an unknown user is refused at
+ * start with a clear message. */
+Test(listen, unix_socket_owner_group_mode)
+{
+	struct fixture_opts o = { .no_proxy = true };
+	struct httpc_response r = { 0 };
+	char path[512], var[700], addr[600];
+	struct stat st;
+	struct group *g = getgrnam("nogroup");
+	struct passwd *pw = getpwnam("nobody");
+
+	cr_assert(g && pw, "this test needs the nogroup group and the nobody user");
+	fixture_start(&fx, &o);
+	snprintf(path, sizeof(path), "%s/owned.sock", fx.dir);
+	snprintf(var, sizeof(var), "GHLPROXY_SERVER_LISTEN=unix:%s", path);
+	char *env[] = { var, "GHLPROXY_SERVER_SOCKET_MODE=0620",
+		        "GHLPROXY_SERVER_SOCKET_OWNER=nobody",
+		        "GHLPROXY_SERVER_SOCKET_GROUP=nogroup", NULL };
+	cr_assert_eq(fixture_start_proxy(&fx, env), 0);
+	cr_assert_eq(stat(path, &st), 0);
+	cr_expect(S_ISSOCK(st.st_mode));
+	cr_expect_eq(st.st_mode & 07777, 0620, "mode %o", st.st_mode & 07777);
+	cr_expect_eq(st.st_uid, pw->pw_uid);
+	cr_expect_eq(st.st_gid, g->gr_gid);
+	snprintf(addr, sizeof(addr), "unix:%s", path);
+	cr_assert_eq(httpc_request(addr, "GET", "/over/owned/unix", NULL, NULL, 0, &r, TIMEOUT_MS),
+	             0);
+	cr_expect_eq(r.status, 200);
+	httpc_response_free(&r);
+	cr_expect_eq(fixture_stop_proxy(&fx), 0);
+	harness_proc_free(fx.proxy);
+	fx.proxy = NULL;
+
+	/* An owner that does not exist: refused at start, naming it. */
+	char *bad[] = { var, "GHLPROXY_SERVER_SOCKET_OWNER=no-such-user-here", NULL };
+	cr_expect_neq(fixture_start_proxy(&fx, bad), 0, "started with an unknown socket owner");
+	if (fx.proxy) {
+		char *log = harness_log(fx.proxy);
+		cr_expect(strstr(log, "no-such-user-here") != NULL, "%s", log);
+		free(log);
+		harness_proc_free(fx.proxy);
+		fx.proxy = NULL;
+	}
 	stop_clean();
 }
 
