@@ -519,8 +519,12 @@ void limiter_feedback(struct limiter *l, struct limiter_waiter *w, int status,
 
 void limiter_sent(struct limiter *l, struct limiter_waiter *w)
 {
-	if (w->admitted && w->burst_key)
-		burst_sent(&w->burst_key->burst, w->burst_ticket, util_now_ms());
+	if (w->admitted && w->burst_key) {
+		int64_t now = util_now_ms();
+		burst_sent(&w->burst_key->burst, w->burst_ticket, now);
+		if (l->redis)
+			limiter_redis_sent(w->burst_key, w, now);
+	}
 }
 
 void limiter_describe(struct limiter *l, const struct limiter_waiter *w, struct limiter_verdict *v)

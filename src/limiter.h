@@ -62,6 +62,7 @@ struct limiter_waiter {
 	limiter_cb cb;
 	void *arg;
 	int64_t enqueued_ms;
+	int64_t decided_ms; /* shared: local ms when the admitting Redis call was sent, else 0 */
 	int64_t deadline_ms;
 	uint64_t burst_ticket; /* its entry in the burst window, for limiter_sent */
 	bool queued;

@@ -121,6 +121,8 @@ void limiter_redis_feedback(struct lkey *b, struct lkey *d, int status,
                             const struct ratelimit_info *ri, uint32_t uncertain, unsigned learned);
 /* A local admission of k was recorded (carried over to Redis at once while rejoining). */
 void limiter_redis_recorded(struct lkey *k);
+/* A shared admission reached the socket: tell Redis when it was late (see limiter_redis.c). */
+void limiter_redis_sent(struct lkey *b, struct limiter_waiter *w, int64_t now);
 /* Redis is unreachable: the key decides alone, at its share. */
 void limiter_redis_fallback(struct lkey *k);
 /* The key must stay: a script call about it is out. */

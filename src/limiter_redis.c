@@ -123,13 +123,14 @@ struct limiter_redis {
 	bool have_offset;
 };
 
-enum op { OP_ADMIT, OP_FEEDBACK, OP_MERGE };
+enum op { OP_ADMIT, OP_FEEDBACK, OP_MERGE, OP_LATE };
 
 struct call {
 	struct limiter_redis *r;
 	struct lkey *b, *d;
 	enum op op;
 	uint32_t want;
+	int64_t t_sent_ms; /* local ms when the call was sent (admit: the decision is after it) */
 };
 
 static void fallback_key(struct lkey *k, void *arg);
@@ -331,12 +332,14 @@ static void on_admit(struct redis *rc, const redisReply *rep, const char *error,
 		return;
 	}
 	int64_t granted = reply_int(rep, R_GRANTED);
+	int64_t decided_after = c->t_sent_ms;
 	call_done(c);
 	/* The script admitted them at its own clock's now: they go. */
 	for (int64_t i = 0; i < granted && b->qhead; i++) {
 		struct limiter_waiter *w = b->qhead;
 		w->admitted = true;
 		w->answered = false;
+		w->decided_ms = decided_after;
 		b->n_inflight++;
 		b->last_admit_ms = now;
 		if (w->daily_key != b)
@@ -383,6 +386,7 @@ void limiter_redis_pump(struct lkey *b)
 		return;
 	}
 	c->want = MIN(b->n_waiting, (uint32_t)MAX_WANT);
+	c->t_sent_ms = util_now_ms();
 	args_begin(&a, r, b, d, "admit");
 	arg_num(&a, c->want);
 	b->rd_busy = true;
@@ -585,6 +589,44 @@ static void merge_key(struct lkey *k, bool then_share)
 		k->rd_busy = false;
 		call_done(c);
 	}
+}
+
+static void on_late(struct redis *rc, const redisReply *rep, const char *error, void *arg)
+{
+	struct call *c = arg;
+
+	call_done(c);
+	if (error || !rep || rep->type != REDIS_REPLY_ARRAY)
+		metrics_inc(M_REDIS_ERRORS);
+}
+
+/*
+ * A shared admission left late: the script recorded it at its decision (Redis' clock), but the
+ * call reached the socket `late` ms after the decision was asked for (CPU starvation, a new TLS
+ * connection). The guard band absorbs up to guard_ms of that; beyond half of it, the real send
+ * time goes to Redis as one more entry of the key's burst log ("merge" with no daily count), so
+ * every proxy's next decision spaces from the later time. The earlier entry stays: one slot may
+ * be lost, never the contract. Costs a round trip only when it happens.
+ */
+void limiter_redis_sent(struct lkey *b, struct limiter_waiter *w, int64_t now)
+{
+	struct limiter_redis *r = b->l->redis;
+	struct args a;
+
+	if (!r || b->mode != LK_SHARED || !r->up || !r->have_offset || w->decided_ms <= 0)
+		return;
+	if (now - w->decided_ms <= (int64_t)b->l->guard_ms / 2)
+		return;
+	struct lkey *d = w->daily_key ? w->daily_key : b;
+	struct call *c = call_new(r, b, d, OP_LATE);
+	if (!c)
+		return;
+	args_begin(&a, r, b, d, "merge");
+	arg_num(&a, 0);
+	arg_num(&a, now + r->clock_offset_ms);
+	metrics_inc(M_REDIS_LATE_SENDS);
+	if (redis_evalsha(r->rc, &r->script, 4, a.n - 4, a.v, a.len, on_late, c) < 0)
+		call_done(c);
 }
 
 void limiter_redis_recorded(struct lkey *k)

@@ -73,6 +73,8 @@ struct evbuffer;
 	X(REDIS_ERRORS, counter, "ghlproxy_redis_errors_total", "", "Failed Redis commands")    \
 	X(REDIS_FALLBACKS, counter, "ghlproxy_redis_fallbacks_total", "",                       \
 	  "Times the proxy switched to the local fallback")                                     \
+	X(REDIS_LATE_SENDS, counter, "ghlproxy_redis_late_sends_total", "",                     \
+	  "Shared admissions sent later than half the guard band after their decision")         \
 	X(TOKEN_REFRESHES, counter, "ghlproxy_token_refreshes_total", "",                       \
 	  "OAuth token refreshes that succeeded")                                               \
 	X(TOKEN_REFRESH_FAILURES, counter, "ghlproxy_token_refresh_failures_total", "",         \
