@@ -121,6 +121,7 @@ int main(int argc, char **argv)
 	char conf[1024];
 	snprintf(conf, sizeof(conf),
 	         "[server]\nlisten = 127.0.0.1:0\nadmin_listen = 127.0.0.1:0\n"
+	         "header_timeout = 10m\n"
 	         "max_connections = %d\n"
 	         "[upstream]\nurl = http://%s\nv1_url = http://%s\n"
 	         "[limits]\nburst = 1\nwindow = 2m\nmax_wait = 1h\nmax_queue_per_key = %d\n"
