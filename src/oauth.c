@@ -1009,46 +1009,30 @@ static void store_failed(struct oauth_res *r, const char *why)
 	arm_in(r, STORE_RETRY_MS);
 }
 
-static void store_pending(struct oauth_res *r)
+/*
+ * Write entry e to Redis with the compare-and-set of token_store.h: stored only if the entry is
+ * still at base_gen and (owner not "") the refresh lock is owner's. The index set learns the
+ * resource first. cb gets the script's answer (1 stored, 0 moved, -1 lock lost). Returns 0 when
+ * sent, -EINVAL (err set) when e cannot be encoded, -EIO when Redis refused the command.
+ */
+static int redis_store_entry(struct oauth *o, const struct ts_entry *e, uint64_t base_gen,
+                             const char *owner, redis_reply_cb cb, void *arg, char *err,
+                             size_t err_len)
 {
-	struct oauth *o = r->o;
-	char err[256];
-
-	r->phase = PH_STORING;
-	if (!o->on_redis) {
-		int rc = ts_file_update(o->path, o->has_key ? &o->key : NULL, mutate_put,
-		                        r->pending, &o->file_id, err, sizeof(err));
-		if (rc == -ESTALE) {
-			/* Cannot happen under the flock unless the lock file was removed; never
-			 * overwrite a newer entry: keep ours in memory and alarm. */
-			store_failed(r, err);
-			return;
-		}
-		if (rc < 0) {
-			store_failed(r, err);
-			return;
-		}
-		stored(r);
-		return;
-	}
+	char key[200], lock[200], gen[24], ngen[24], idx[120];
 	char *blob = NULL;
 	size_t blob_len = 0;
-	char key[200], lock[200], gen[24], ngen[24], idx[120];
-	if (ts_encode_entry(r->pending, o->has_key ? &o->key : NULL, &blob, &blob_len, err,
-	                    sizeof(err)) < 0) {
-		store_failed(r, err);
-		return;
-	}
-	ts_redis_entry_key(o->prefix, r->id, key, sizeof(key));
-	ts_redis_lock_key(o->prefix, r->id, lock, sizeof(lock));
+
+	if (ts_encode_entry(e, o->has_key ? &o->key : NULL, &blob, &blob_len, err, err_len) < 0)
+		return -EINVAL;
+	ts_redis_entry_key(o->prefix, e->resource, key, sizeof(key));
+	ts_redis_lock_key(o->prefix, e->resource, lock, sizeof(lock));
 	ts_redis_index_key(o->prefix, idx, sizeof(idx));
-	snprintf(gen, sizeof(gen), "%llu", (unsigned long long)r->base_gen);
-	const char *sadd[] = { "SADD", idx, r->id };
+	snprintf(gen, sizeof(gen), "%llu", (unsigned long long)base_gen);
+	snprintf(ngen, sizeof(ngen), "%llu", (unsigned long long)e->generation);
+	const char *sadd[] = { "SADD", idx, e->resource };
 	redis_command_argv(o->rd, 3, sadd, NULL, ignore_reply, NULL);
-	snprintf(ngen, sizeof(ngen), "%llu", (unsigned long long)r->pending->generation);
-	const char *argv[] = {
-		"EVAL", ts_redis_cas_lua, "2", key, lock, gen, blob, o->owner, ngen
-	};
+	const char *argv[] = { "EVAL", ts_redis_cas_lua, "2", key, lock, gen, blob, owner, ngen };
 	size_t lens[] = { 4,
 		          strlen(ts_redis_cas_lua),
 		          1,
@@ -1056,12 +1040,34 @@ static void store_pending(struct oauth_res *r)
 		          strlen(lock),
 		          strlen(gen),
 		          blob_len,
-		          strlen(o->owner),
+		          strlen(owner),
 		          strlen(ngen) };
-	int rc = redis_command_argv(o->rd, 9, argv, lens, on_redis_cas, r);
+	int rc = redis_command_argv(o->rd, 9, argv, lens, cb, arg);
 	ts_buf_free(blob, blob_len);
+	return rc < 0 ? -EIO : 0;
+}
+
+static void store_pending(struct oauth_res *r)
+{
+	struct oauth *o = r->o;
+	char err[256];
+
+	r->phase = PH_STORING;
+	if (!o->on_redis) {
+		/* -ESTALE (the entry moved: only if the lock file was removed) fails like any
+		 * other error: a newer entry is never overwritten, ours stays in memory. */
+		if (ts_file_update(o->path, o->has_key ? &o->key : NULL, mutate_put, r->pending,
+		                   &o->file_id, err, sizeof(err)) < 0) {
+			store_failed(r, err);
+			return;
+		}
+		stored(r);
+		return;
+	}
+	int rc = redis_store_entry(o, r->pending, r->base_gen, o->owner, on_redis_cas, r, err,
+	                           sizeof(err));
 	if (rc < 0)
-		store_failed(r, "redis unreachable");
+		store_failed(r, rc == -EINVAL ? err : "redis unreachable");
 }
 
 static void on_redis_cas(struct redis *rd, const redisReply *rep, const char *error, void *arg)
@@ -1489,47 +1495,25 @@ static void on_install_cas(struct redis *rd, const redisReply *rep, const char *
 static void install_store_redis(struct install *in, struct ts_entry *e, uint64_t cur_gen)
 {
 	struct oauth *o = in->o;
-	char key[200], lock[200], gen[24], ngen[24], idx[120], err[200];
-	char *blob = NULL;
-	size_t blob_len = 0;
+	char err[200];
 	struct install_cas *ic = calloc(1, sizeof(*ic));
 
 	e->generation = cur_gen + 1;
-	if (!ic || ts_encode_entry(e, o->has_key ? &o->key : NULL, &blob, &blob_len, err,
-	                           sizeof(err)) < 0) {
+	int rc = ic ? redis_store_entry(o, e, cur_gen, "", on_install_cas, ic, err, sizeof(err))
+	            : -ENOMEM;
+	if (rc < 0) {
 		free(ic);
 		ts_entry_free(e);
-		install_reply(in, 500, "Install failed", "the tokens could not be encoded");
+		if (rc == -EIO)
+			install_reply(in, 503, "Install failed",
+			              "the token store (Redis) is unreachable");
+		else
+			install_reply(in, 500, "Install failed", "the tokens could not be encoded");
 		install_free(in);
 		return;
 	}
 	ic->in = in;
 	ic->e = e;
-	ts_redis_entry_key(o->prefix, e->resource, key, sizeof(key));
-	ts_redis_lock_key(o->prefix, e->resource, lock, sizeof(lock));
-	ts_redis_index_key(o->prefix, idx, sizeof(idx));
-	snprintf(gen, sizeof(gen), "%llu", (unsigned long long)cur_gen);
-	const char *sadd[] = { "SADD", idx, e->resource };
-	redis_command_argv(o->rd, 3, sadd, NULL, ignore_reply, NULL);
-	snprintf(ngen, sizeof(ngen), "%llu", (unsigned long long)e->generation);
-	const char *argv[] = { "EVAL", ts_redis_cas_lua, "2", key, lock, gen, blob, "", ngen };
-	size_t lens[] = { 4,
-		          strlen(ts_redis_cas_lua),
-		          1,
-		          strlen(key),
-		          strlen(lock),
-		          strlen(gen),
-		          blob_len,
-		          0,
-		          strlen(ngen) };
-	int rc = redis_command_argv(o->rd, 9, argv, lens, on_install_cas, ic);
-	ts_buf_free(blob, blob_len);
-	if (rc < 0) {
-		ts_entry_free(e);
-		free(ic);
-		install_reply(in, 503, "Install failed", "the token store (Redis) is unreachable");
-		install_free(in);
-	}
 }
 
 static void on_install_gen(struct redis *rd, const redisReply *rep, const char *error, void *arg)

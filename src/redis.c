@@ -60,20 +60,10 @@
 #define BACKOFF_MAX_MS     5000u
 /* Repeated failures of the same kind are logged at debug, with a reminder every this many. */
 #define FAILURE_LOG_EVERY 12u
-#define HOST_MAX_LEN      255
+#define HOST_MAX_LEN      REDIS_HOST_MAX_LEN
 #define MAX_ADDRS         4
 
 static const struct timeval zero_tv = { 0, 0 }; /* a timer for the next loop turn */
-
-struct redis_target {
-	bool is_unix;
-	bool is_literal; /* host is an IP address: no name lookup */
-	char path[sizeof(((struct sockaddr_un *)0)->sun_path)];
-	char host[HOST_MAX_LEN + 1]; /* without the brackets of an IPv6 address */
-	int port;
-	int db;
-	char where[HOST_MAX_LEN + 16]; /* for logs: "unix:/path" or "host:port" */
-};
 
 enum op_kind {
 	OP_COMMAND,   /* the caller's command */
@@ -187,9 +177,7 @@ static bool host_char_ok(char ch)
 	       ch == '.' || ch == '-' || ch == '_';
 }
 
-/* redis://host[:port][/db] or unix:///path[?db=N]. 0, or -EINVAL with why set (the URL itself
- * is never copied into why). */
-static int parse_url(const char *url, struct redis_target *t, const char **why)
+int redis_parse_url(const char *url, struct redis_target *t, const char **why)
 {
 	int64_t v;
 
@@ -1016,7 +1004,7 @@ struct redis *redis_new(struct event_base *base, const struct redis_settings *s,
 		set_err(err, err_len, "redis: out of memory");
 		return NULL;
 	}
-	if (parse_url(s->url, &r->target, &why) != 0) {
+	if (redis_parse_url(s->url, &r->target, &why) != 0) {
 		set_err(err, err_len, why);
 		free(r);
 		return NULL;

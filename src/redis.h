@@ -37,6 +37,23 @@
 struct event_base;
 struct redis;
 
+#define REDIS_HOST_MAX_LEN 255
+
+/* Where a redis.url points. */
+struct redis_target {
+	bool is_unix;
+	bool is_literal;                   /* host is an IP address: no name lookup */
+	char path[108];                    /* sun_path */
+	char host[REDIS_HOST_MAX_LEN + 1]; /* without the brackets of an IPv6 address */
+	int port;
+	int db;
+	char where[REDIS_HOST_MAX_LEN + 16]; /* for logs: "unix:/path" or "host:port" */
+};
+
+/* redis://host[:port][/db] or unix:///path[?db=N] into t. 0, or -EINVAL with why set (the URL
+ * itself is never copied into why). Shared by the async client and `ghlproxy token`. */
+int redis_parse_url(const char *url, struct redis_target *t, const char **why);
+
 struct redis_settings {
 	const char *url;      /* redis://host[:port][/db], unix:///path[?db=N] (config validated) */
 	const char *password; /* NULL or "": no AUTH (the caller read redis.password_file) */

@@ -36,7 +36,6 @@
 #include <event2/http.h>
 #include <event2/http_struct.h>
 #include <event2/keyvalq_struct.h>
-#include <openssl/crypto.h>
 
 #include "classify.h"
 #include "clients.h"
@@ -497,20 +496,28 @@ static const struct upstream_cbs up_cbs = {
 
 static void send_now(struct proxy_req *p);
 
-static void set_bearer(struct proxy_req *p, const char *token)
+/* Authorization: Bearer <secret> replaces whatever the request carried (any length: API 1.0
+ * keys may be long); the temporary copy is wiped. */
+static void put_bearer(struct evkeyvalq *h, const char *secret)
 {
-	size_t n = strlen(token) + 8;
+	size_t n = strlen(secret) + 8;
 	char *v = malloc(n);
 
+	evhttp_remove_header(h, "Authorization");
+	if (v) {
+		snprintf(v, n, "Bearer %s", secret);
+		evhttp_add_header(h, "Authorization", v);
+		util_wipe_free(v, strlen(v));
+	}
+}
+
+/* The OAuth token goes in, and is kept to tell oauth.c which token a 401 was about. */
+static void set_bearer(struct proxy_req *p, const char *token)
+{
 	if (p->oauth_token)
 		util_wipe_free(p->oauth_token, strlen(p->oauth_token));
 	p->oauth_token = strdup(token);
-	evhttp_remove_header(&p->fwd, "Authorization");
-	if (v) {
-		snprintf(v, n, "Bearer %s", token);
-		evhttp_add_header(&p->fwd, "Authorization", v);
-		util_wipe_free(v, strlen(v));
-	}
+	put_bearer(&p->fwd, token);
 }
 
 static void answer_no_token(struct proxy_req *p, enum oauth_status st, const char *why)
@@ -960,10 +967,7 @@ static int choose_credential(struct proxy_req *p)
 			answer_error(p, 401, msg, "unauthorized");
 			return -1;
 		}
-		evhttp_remove_header(&p->fwd, "Authorization");
-		snprintf(msg, sizeof(msg), "Bearer %s", c->secret);
-		evhttp_add_header(&p->fwd, "Authorization", msg);
-		OPENSSL_cleanse(msg, sizeof(msg));
+		put_bearer(&p->fwd, c->secret);
 		classify_set_credential(&p->key, CRED_V1_KEY, NULL, c->fingerprint);
 		return 0;
 	}
@@ -982,10 +986,7 @@ static int choose_credential(struct proxy_req *p)
 	}
 	c = credentials_pit_for(px->creds, res);
 	if (c) {
-		evhttp_remove_header(&p->fwd, "Authorization");
-		snprintf(msg, sizeof(msg), "Bearer %s", c->secret);
-		evhttp_add_header(&p->fwd, "Authorization", msg);
-		OPENSSL_cleanse(msg, sizeof(msg));
+		put_bearer(&p->fwd, c->secret);
 		classify_set_credential(&p->key, CRED_PIT, NULL, c->fingerprint);
 		return 0;
 	}

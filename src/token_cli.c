@@ -36,6 +36,7 @@
 #include <openssl/crypto.h>
 
 #include "config.h"
+#include "redis.h"
 #include "token_store.h"
 #include "util.h"
 
@@ -415,96 +416,6 @@ out:
 
 /* ---- the Redis store ---- */
 
-struct redis_addr {
-	bool is_unix;
-	char path[108];
-	char host[256]; /* without the brackets of an IPv6 address */
-	int port;
-	int db;
-};
-
-/* 0..max decimal of 1..10 digits, or -1. */
-static long parse_num(const char *s, size_t n, long max)
-{
-	long v = 0;
-
-	if (n == 0 || n > 10)
-		return -1;
-	for (size_t i = 0; i < n; i++) {
-		if (s[i] < '0' || s[i] > '9')
-			return -1;
-		v = v * 10 + (s[i] - '0');
-	}
-	return v <= max ? v : -1;
-}
-
-/*
- * redis://host[:port][/db] or unix:///path[?db=N], already validated by config.c; this only
- * splits it (redis.c's parser is private to the async client).
- */
-static int parse_redis_url(const char *url, struct redis_addr *ra)
-{
-	memset(ra, 0, sizeof(*ra));
-	ra->port = 6379;
-	if (strncmp(url, "unix://", 7) == 0) {
-		const char *path = url + 7;
-		size_t plen = strcspn(path, "?");
-		if (path[0] != '/' || plen >= sizeof(ra->path))
-			return -1;
-		memcpy(ra->path, path, plen);
-		ra->is_unix = true;
-		if (path[plen] == '\0')
-			return 0;
-		if (strncmp(path + plen, "?db=", 4) != 0)
-			return -1;
-		long db = parse_num(path + plen + 4, strlen(path + plen + 4), INT32_MAX);
-		if (db < 0)
-			return -1;
-		ra->db = (int)db;
-		return 0;
-	}
-	if (strncmp(url, "redis://", 8) == 0) {
-		const char *auth = url + 8;
-		size_t alen = strcspn(auth, "/");
-		const char *host = auth, *port = NULL;
-		size_t hlen;
-
-		if (auth[0] == '[') {
-			const char *close = memchr(auth, ']', alen);
-			if (!close)
-				return -1;
-			host = auth + 1;
-			hlen = (size_t)(close - host);
-			if (close + 1 < auth + alen) {
-				if (close[1] != ':')
-					return -1;
-				port = close + 2;
-			}
-		} else {
-			const char *colon = memchr(auth, ':', alen);
-			hlen = colon ? (size_t)(colon - auth) : alen;
-			port = colon ? colon + 1 : NULL;
-		}
-		if (hlen == 0 || hlen >= sizeof(ra->host))
-			return -1;
-		memcpy(ra->host, host, hlen);
-		if (port) {
-			long p = parse_num(port, (size_t)(auth + alen - port), 65535);
-			if (p <= 0)
-				return -1;
-			ra->port = (int)p;
-		}
-		if (auth[alen] == '/') {
-			long db = parse_num(auth + alen + 1, strlen(auth + alen + 1), INT32_MAX);
-			if (db < 0)
-				return -1;
-			ra->db = (int)db;
-		}
-		return 0;
-	}
-	return -1;
-}
-
 static struct timeval tv_of_ms(uint32_t ms)
 {
 	if (ms == 0)
@@ -535,14 +446,15 @@ static redisReply *rcmd(redisContext *c, int argc, const char **argv, const size
 
 static redisContext *redis_open(const struct config *cfg)
 {
-	struct redis_addr ra;
+	struct redis_target ra;
+	const char *why = NULL;
 	redisContext *c;
 	struct timeval ctv = tv_of_ms(cfg->redis.connect_timeout_ms);
 	char *password = NULL;
 	size_t password_len = 0;
 
-	if (!cfg->redis.url || parse_redis_url(cfg->redis.url, &ra) < 0) {
-		fail("redis.url is not redis://host[:port][/db] or unix:///path[?db=N]");
+	if (redis_parse_url(cfg->redis.url, &ra, &why) < 0) {
+		fail("%s", why);
 		return NULL;
 	}
 	c = ra.is_unix ? redisConnectUnixWithTimeout(ra.path, ctv)
