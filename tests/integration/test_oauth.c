@@ -876,3 +876,36 @@ Test(oauth, store_failure_keeps_the_pair_and_retries)
 	cr_expect_eq(stat_of("invalid_grants"), 0);
 	free(rts[0]);
 }
+
+/* An API 1.0 key is a JWT of any length: a long one goes upstream whole, on the /v1/ host. */
+Test(oauth, long_v1_key_injected_whole)
+{
+	struct fixture_opts o = { .no_proxy = true };
+	struct httpc_response r;
+	char key[1201], extra[600], addr[128], admin[128];
+
+	memset(key, 'k', sizeof(key) - 1);
+	memcpy(key, "eyJv1key.", 9);
+	key[sizeof(key) - 1] = '\0';
+	fixture_start(&fx, &o);
+	harness_secret(key);
+	cr_assert_eq(harness_write_file(fx.dir, "loc.v1key", key), 0);
+	snprintf(extra, sizeof(extra),
+	         "[server]\nmode = inject\n[v1_keys]\nLocV1Long0001 = %s/loc.v1key\n", fx.dir);
+	fx.proxy = fixture_spawn_proxy(&fx, "proxy", extra, NULL, addr, sizeof(addr), admin,
+	                               sizeof(admin));
+	cr_assert(fx.proxy);
+	cr_assert_eq(get(addr, "/v1/contacts/?locationId=LocV1Long0001", NULL, &r), 0);
+	cr_expect_eq(r.status, 200);
+	httpc_response_free(&r);
+	char *log = fixture_mock_log(fx.mock_v1_ctl, 0);
+	json_t *all = json_loads(log, 0, NULL);
+	free(log);
+	json_t *arr = json_is_array(all) ? all : json_object_get(all, "entries");
+	const char *auth =
+	        entry_header(json_array_get(arr, json_array_size(arr) - 1), "Authorization");
+	cr_assert(auth, "no Authorization reached the API 1.0 host");
+	cr_expect_eq(strlen(auth), strlen("Bearer ") + strlen(key), "the key was cut");
+	cr_expect(strstr(auth, key) != NULL, "not the configured key");
+	json_decref(all);
+}
