@@ -3,7 +3,8 @@
  *
  * Data enters as a struct classify_input (borrowed; nothing is kept) and leaves in a caller's
  * struct classify_result. Nothing is allocated, except what jansson allocates (and frees) while
- * jwt_read_claims() reads an OAuth token's claims.
+ * jwt_read_claims() reads an OAuth token's claims. The one state kept between calls is a small
+ * per-thread cache of fingerprints (fp_cache below), which changes no result.
  *
  * The credential is recognised first (classify_request), then the resource is looked up in the
  * order classify.h documents: token claims, configured mapping, hint headers, query, path, body,
@@ -21,6 +22,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 
 /* A resource candidate found by one rule. */
@@ -116,7 +118,7 @@ static bool ieq(const char *s, size_t len, const char *lit)
 /* ------------------------------------------------------------------------------------------ */
 /* Credential                                                                                  */
 
-void classify_fingerprint(const char *secret, size_t len, char out[CLASSIFY_FP_LEN + 1])
+static void fingerprint_compute(const char *secret, size_t len, char out[CLASSIFY_FP_LEN + 1])
 {
 	static const char hex[] = "0123456789abcdef";
 	unsigned char md[EVP_MAX_MD_SIZE];
@@ -131,6 +133,54 @@ void classify_fingerprint(const char *secret, size_t len, char out[CLASSIFY_FP_L
 		out[2 * i + 1] = hex[md[i] & 0x0f];
 	}
 	out[CLASSIFY_FP_LEN] = '\0';
+	OPENSSL_cleanse(md, sizeof(md));
+}
+
+/*
+ * Every request's bearer is fingerprinted, and a SHA-256 through EVP costs about 6,000
+ * instructions (bench/results/perf.txt, case p): a worker sends the same few credentials again
+ * and again. So the last fingerprints are kept, direct-mapped by an FNV-1a hash of the secret,
+ * and a hit is a comparison of the whole secret, never of the hash alone. Secrets longer than
+ * FP_CACHE_SECRET_MAX (OAuth JWTs) are not kept. An evicted secret is wiped.
+ */
+#define FP_CACHE_SLOTS      64
+#define FP_CACHE_SECRET_MAX 256
+
+struct fp_slot {
+	uint16_t len; /* 0: empty */
+	char secret[FP_CACHE_SECRET_MAX];
+	char fp[CLASSIFY_FP_LEN + 1];
+};
+
+static __thread struct fp_slot fp_cache[FP_CACHE_SLOTS];
+
+static uint64_t fnv1a(const char *s, size_t len)
+{
+	uint64_t h = 14695981039346656037ull;
+
+	for (size_t i = 0; i < len; i++) {
+		h ^= (unsigned char)s[i];
+		h *= 1099511628211ull;
+	}
+	return h;
+}
+
+void classify_fingerprint(const char *secret, size_t len, char out[CLASSIFY_FP_LEN + 1])
+{
+	if (secret == NULL || len == 0 || len > FP_CACHE_SECRET_MAX) {
+		fingerprint_compute(secret, len, out);
+		return;
+	}
+	struct fp_slot *slot = &fp_cache[fnv1a(secret, len) % FP_CACHE_SLOTS];
+	if (slot->len == len && memcmp(slot->secret, secret, len) == 0) {
+		memcpy(out, slot->fp, CLASSIFY_FP_LEN + 1);
+		return;
+	}
+	fingerprint_compute(secret, len, out);
+	OPENSSL_cleanse(slot->secret, slot->len);
+	memcpy(slot->secret, secret, len);
+	slot->len = (uint16_t)len;
+	memcpy(slot->fp, out, CLASSIFY_FP_LEN + 1);
 }
 
 static bool is_ows(char c)

@@ -13,22 +13,34 @@
 
 #include "util.h"
 
-static const char *const hop_by_hop[] = {
-	"Connection",
-	"Keep-Alive",
-	"Proxy-Connection",
-	"TE",
-	"Trailer",
-	"Transfer-Encoding",
-	"Upgrade",
-	"Proxy-Authenticate",
-	"Proxy-Authorization",
+#define HOP(s)                   \
+	{                        \
+		s, sizeof(s) - 1 \
+	}
+static const struct {
+	const char *name;
+	size_t len;
+} hop_by_hop[] = {
+	HOP("Connection"),
+	HOP("Keep-Alive"),
+	HOP("Proxy-Connection"),
+	HOP("TE"),
+	HOP("Trailer"),
+	HOP("Transfer-Encoding"),
+	HOP("Upgrade"),
+	HOP("Proxy-Authenticate"),
+	HOP("Proxy-Authorization"),
 };
+#undef HOP
 
+/* Every header of every request and answer passes here: the length rules out most names
+ * before a byte is compared. */
 bool headers_is_hop_by_hop(const char *name)
 {
+	size_t len = strlen(name);
+
 	for (size_t i = 0; i < ARRAY_SIZE(hop_by_hop); i++)
-		if (util_strcaseeq(name, hop_by_hop[i]))
+		if (hop_by_hop[i].len == len && util_strcaseeq(name, hop_by_hop[i].name))
 			return true;
 	return false;
 }
@@ -69,7 +81,13 @@ bool headers_named_by_connection(const struct evkeyvalq *h, const char *name)
 	return false;
 }
 
-static bool dropped(const struct evkeyvalq *in, const char *name, unsigned flags)
+bool headers_has_connection(const struct evkeyvalq *h)
+{
+	return headers_count(h, "Connection") > 0;
+}
+
+static bool dropped(const struct evkeyvalq *in, bool has_connection, const char *name,
+                    unsigned flags)
 {
 	if (headers_is_hop_by_hop(name))
 		return true;
@@ -83,16 +101,17 @@ static bool dropped(const struct evkeyvalq *in, const char *name, unsigned flags
 		return true;
 	if ((flags & HEADERS_DROP_EXPECT) && util_strcaseeq(name, "Expect"))
 		return true;
-	return headers_named_by_connection(in, name);
+	return has_connection && headers_named_by_connection(in, name);
 }
 
 int headers_copy(const struct evkeyvalq *in, struct evkeyvalq *out, unsigned flags)
 {
 	const struct evkeyval *kv;
+	bool has_connection = headers_has_connection(in);
 
 	TAILQ_FOREACH(kv, in, next)
 	{
-		if (dropped(in, kv->key, flags))
+		if (dropped(in, has_connection, kv->key, flags))
 			continue;
 		if (evhttp_add_header(out, kv->key, kv->value) < 0)
 			return -ENOMEM;

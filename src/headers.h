@@ -21,6 +21,10 @@ bool headers_is_hop_by_hop(const char *name);
 /* True when `name` is listed in the Connection header(s) of `h`. */
 bool headers_named_by_connection(const struct evkeyvalq *h, const char *name);
 
+/* Does `h` hold a Connection header at all? (Most requests and answers do not: the check above
+ * is then skipped.) */
+bool headers_has_connection(const struct evkeyvalq *h);
+
 enum headers_copy_flags {
 	HEADERS_DROP_HOST = 1 << 0,          /* requests: the upstream's Host is set instead */
 	HEADERS_DROP_LENGTH = 1 << 1,        /* Content-Length: recomputed by the sender */

@@ -218,6 +218,11 @@ void ratelimit_info_add(struct ratelimit_info *out, const char *name, const char
 {
 	if (!out || !name || !value)
 		return;
+	/* Every header of every answer passes here; the names wanted all start "Retry-After" or
+	 * "X-RateLimit-": rule the rest out on two bytes. */
+	if ((name[0] | 0x20) == 'x' ? strncasecmp(name, "x-ratelimit-", 12) != 0
+	                            : (name[0] | 0x20) != 'r')
+		return;
 	if (strcasecmp(name, "retry-after") == 0) {
 		/* Not split on commas: an HTTP-date holds one. */
 		int64_t v = parse_retry_after(value, value + strlen(value), now_unix_ms);

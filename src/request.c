@@ -269,15 +269,17 @@ static void add_proxy_headers(struct proxy_req *p, struct evkeyvalq *out)
 	evhttp_add_header(out, "X-GHL-Proxy-Wait-Ms", buf);
 }
 
-/* Copy the upstream's head into the client's reply headers. */
+/* Move the upstream's head into the client's reply headers (both lists are evhttp's, allocated
+ * and freed alike: the entries change lists, nothing is copied). An answer without a Date gets
+ * the proxy's, formatted once a second (evhttp would format one for every reply). */
 static void start_reply_headers(struct proxy_req *p)
 {
 	struct evkeyvalq *out = evhttp_request_get_output_headers(p->req);
-	const struct evkeyval *kv;
 
-	TAILQ_FOREACH(kv, &p->resp, next)
-	evhttp_add_header(out, kv->key, kv->value);
+	TAILQ_CONCAT(out, &p->resp, next);
 	add_proxy_headers(p, out);
+	if (!evhttp_find_header(out, "Date"))
+		evhttp_add_header(out, "Date", util_http_date());
 }
 
 /* Send a fully buffered answer. */
@@ -367,7 +369,7 @@ static int on_up_head(struct upstream_exchange *x, int status, const char *reaso
 {
 	struct proxy_req *p = arg;
 	struct ratelimit_info ri;
-	const struct evkeyval *kv;
+	struct evkeyval *kv, *next;
 	bool chunked = evhttp_find_header(headers, "Transfer-Encoding") != NULL;
 
 	p->t_head_ns = util_now_ns();
@@ -391,15 +393,23 @@ static int on_up_head(struct upstream_exchange *x, int status, const char *reaso
 	}
 
 	/* End-to-end headers only. Content-Length stays when it frames the body we pass on
-	 * untouched; with Transfer-Encoding present it is a lie and goes. */
-	TAILQ_FOREACH(kv, headers, next)
-	{
-		if (headers_is_hop_by_hop(kv->key) || headers_named_by_connection(headers, kv->key))
+	 * untouched; with Transfer-Encoding present it is a lie and goes. The entries move from
+	 * the upstream's list to ours (evhttp allocates and frees both alike), except
+	 * Content-Length, which evhttp reads after this callback to frame the body: it is copied.
+	 */
+	bool has_connection = headers_has_connection(headers);
+	for (kv = TAILQ_FIRST(headers); kv; kv = next) {
+		next = TAILQ_NEXT(kv, next);
+		if (headers_is_hop_by_hop(kv->key) ||
+		    (has_connection && headers_named_by_connection(headers, kv->key)))
 			continue;
-		if (chunked && util_strcaseeq(kv->key, "Content-Length"))
+		if (util_strcaseeq(kv->key, "Content-Length")) {
+			if (!chunked && evhttp_add_header(&p->resp, kv->key, kv->value) < 0)
+				return -1;
 			continue;
-		if (evhttp_add_header(&p->resp, kv->key, kv->value) < 0)
-			return -1;
+		}
+		TAILQ_REMOVE(headers, kv, next);
+		TAILQ_INSERT_TAIL(&p->resp, kv, next);
 	}
 	p->state = RS_BUFFERING;
 	return 0;

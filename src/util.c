@@ -50,6 +50,28 @@ int64_t util_wall_ms(void)
 	return (int64_t)ts.tv_sec * 1000LL + ts.tv_nsec / 1000000LL + clock_skew_ns() / 1000000LL;
 }
 
+const char *util_http_date(void)
+{
+	static const char days[7][4] = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" };
+	static const char months[12][4] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
+		                            "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
+	static __thread char
+	        date[80]; /* 29 used; room for what -Wformat-truncation assumes of ints */
+	static __thread time_t date_sec = -1;
+	time_t t = (time_t)(util_wall_ms() / 1000);
+	struct tm tm;
+
+	if (t == date_sec)
+		return date;
+	if (!gmtime_r(&t, &tm))
+		return date_sec == -1 ? "Thu, 01 Jan 1970 00:00:00 GMT" : date;
+	snprintf(date, sizeof(date), "%s, %02d %s %04d %02d:%02d:%02d GMT", days[tm.tm_wday],
+	         tm.tm_mday, months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min,
+	         tm.tm_sec);
+	date_sec = t;
+	return date;
+}
+
 size_t util_strlcpy(char *dst, const char *src, size_t size)
 {
 	size_t len = strlen(src);

@@ -20,6 +20,9 @@ int64_t util_now_ns(void);
 int64_t util_now_ms(void);
 /* Wall clock (CLOCK_REALTIME) in ms: for dates only (log stamps, token expiry, HTTP-dates). */
 int64_t util_wall_ms(void);
+/* The current time as an HTTP-date ("Sun, 06 Nov 1994 08:49:37 GMT"), formatted once a second
+ * per thread; valid until the caller's thread calls it again. */
+const char *util_http_date(void);
 
 /* Copy at most size-1 bytes and NUL-terminate; returns strlen(src) (truncated if >= size). */
 size_t util_strlcpy(char *dst, const char *src, size_t size);

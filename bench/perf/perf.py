@@ -74,6 +74,11 @@ class Proc:
         self.logf = open(self.log_path, "ab")
         full_env = dict(os.environ)
         full_env.pop("NOTIFY_SOCKET", None)
+        # Servers run with a service's environment, not a login shell's: a bundle named by
+        # SSL_CERT_FILE would be read whole at start (ghlproxy otherwise reads the hashed
+        # /etc/ssl/certs one certificate at a time, when a chain needs it).
+        full_env.pop("SSL_CERT_FILE", None)
+        full_env.pop("SSL_CERT_DIR", None)
         full_env.update(env or {})
         self.p = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
                                   stdout=stdout if stdout is not None else self.logf,

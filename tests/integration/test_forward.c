@@ -19,6 +19,8 @@
 #include <criterion/criterion.h>
 #include <jansson.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "fixture.h"
 #include "httpc.h"
@@ -167,6 +169,14 @@ Test(forward, response_status_headers_body)
 	cr_expect_str_eq(httpc_header(&r, "X-RateLimit-Interval-Milliseconds"), "10000");
 	cr_expect_str_eq(httpc_header(&r, "X-RateLimit-Daily-Remaining"), "199000");
 	cr_expect(httpc_header(&r, "X-GHL-Proxy-Wait-Ms") != NULL);
+	httpc_response_free(&r);
+
+	/* The upstream's Date is passed on as it is, once (the proxy adds its own only to an
+	 * answer without one). */
+	req("GET", "/mock/headers?Date=Sun,%2006%20Nov%201994%2008:49:37%20GMT", NULL, NULL, 0, &r);
+	cr_assert_eq(r.status, 200);
+	cr_expect_eq(httpc_header_count(&r, "Date"), 1);
+	cr_expect_str_eq(httpc_header(&r, "Date"), "Sun, 06 Nov 1994 08:49:37 GMT");
 	httpc_response_free(&r);
 }
 
@@ -748,6 +758,87 @@ Test(upstream_errors, slow_upstream_gives_504)
 	/* The proxy serves on. */
 	req("GET", "/contacts/", NULL, NULL, 0, &r);
 	cr_expect_eq(r.status, 200);
+	httpc_response_free(&r);
+	stop_clean();
+}
+
+/* --- the system store (no upstream.ca_file) --- */
+
+/* dir/name/ holding `ca` (a file in dir) under its subject hash, as c_rehash leaves it. */
+static void hashed_dir(const char *dir, const char *name, const char *ca)
+{
+	char path[512], link[600], target[512];
+
+	snprintf(path, sizeof(path), "%s/%s", dir, ca);
+	FILE *f = fopen(path, "r");
+	cr_assert(f, "%s", path);
+	X509 *x = PEM_read_X509(f, NULL, NULL, NULL);
+	fclose(f);
+	cr_assert(x);
+	unsigned long h = X509_subject_name_hash(x);
+	X509_free(x);
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	cr_assert_eq(mkdir(path, 0755), 0);
+	snprintf(link, sizeof(link), "%s/%08lx.0", path, h);
+	snprintf(target, sizeof(target), "../%s", ca);
+	cr_assert_eq(symlink(target, link), 0);
+}
+
+/* The proxy reads the hashed directory lazily; the mock's CA in it verifies the upstream. */
+Test(upstream_errors, system_store_hashed_dir_verifies)
+{
+	struct fixture_opts o = { .system_store = true, .no_proxy = true };
+	struct httpc_response r;
+	char env[600];
+
+	fixture_start(&fx, &o);
+	hashed_dir(fx.dir, "certs", "srv-ca.pem");
+	snprintf(env, sizeof(env), "SSL_CERT_DIR=%s/certs", fx.dir);
+	/* Whatever bundle the environment names: empty is unset, the directory alone is used. */
+	char *const envs[] = { env, (char *)"SSL_CERT_FILE=", NULL };
+	cr_assert_eq(fixture_start_proxy(&fx, envs), 0);
+	req("GET", "/contacts/", NULL, NULL, 0, &r);
+	cr_expect_eq(r.status, 200, "%d %s", r.status, r.body);
+	httpc_response_free(&r);
+	stop_clean();
+}
+
+/* A store that does not hold the CA that signed the upstream: 502, nothing forwarded. */
+Test(upstream_errors, system_store_without_the_ca_gives_502)
+{
+	struct fixture_opts o = { .system_store = true, .no_proxy = true };
+	struct httpc_response r;
+	char env[600];
+
+	fixture_start(&fx, &o);
+	hashed_dir(fx.dir, "certs", "other-ca.pem");
+	snprintf(env, sizeof(env), "SSL_CERT_DIR=%s/certs", fx.dir);
+	char *const envs[] = { env, (char *)"SSL_CERT_FILE=", NULL };
+	cr_assert_eq(fixture_start_proxy(&fx, envs), 0);
+	req("GET", "/contacts/", NULL, NULL, 0, &r);
+	expect_json_error(&r, 502);
+	cr_expect(strstr((const char *)r.body, "certificate verify failed") != NULL, "%s", r.body);
+	httpc_response_free(&r);
+	cr_expect_eq(fixture_mock_count(fx.mock_ctl), 0);
+	stop_clean();
+}
+
+/* SSL_CERT_FILE names a bundle: it is read (the directory, with no hash links, is not enough). */
+Test(upstream_errors, system_store_bundle_file)
+{
+	struct fixture_opts o = { .system_store = true, .no_proxy = true };
+	struct httpc_response r;
+	char env_dir[600], env_file[600], path[512];
+
+	fixture_start(&fx, &o);
+	snprintf(path, sizeof(path), "%s/empty", fx.dir);
+	cr_assert_eq(mkdir(path, 0755), 0);
+	snprintf(env_dir, sizeof(env_dir), "SSL_CERT_DIR=%s", path);
+	snprintf(env_file, sizeof(env_file), "SSL_CERT_FILE=%s/srv-ca.pem", fx.dir);
+	char *const envs[] = { env_dir, env_file, NULL };
+	cr_assert_eq(fixture_start_proxy(&fx, envs), 0);
+	req("GET", "/contacts/", NULL, NULL, 0, &r);
+	cr_expect_eq(r.status, 200, "%d %s", r.status, r.body);
 	httpc_response_free(&r);
 	stop_clean();
 }

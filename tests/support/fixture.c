@@ -60,11 +60,14 @@ static struct harness_proc *start_mock(struct fixture *f, const char *name,
 
 static void write_conf(struct fixture *f, const struct fixture_opts *o)
 {
-	char host[64], conf[8192];
+	char host[64], conf[8192], ca_line[512] = "";
 	int port = 0, port_v1 = 0;
 	const char *scheme = o->plain_http ? "http" : "https";
 	const char *uh = o->upstream_host ? o->upstream_host : "localhost";
 
+	if (!o->system_store)
+		snprintf(ca_line, sizeof(ca_line), "ca_file = %s/%s\n", f->dir,
+		         o->wrong_ca ? "other-ca.pem" : "srv-ca.pem");
 	cr_assert_eq(harness_split_addr(f->mock_addr, host, sizeof(host), &port), 0);
 	cr_assert_eq(harness_split_addr(f->mock_v1_addr, host, sizeof(host), &port_v1), 0);
 	snprintf(conf, sizeof(conf),
@@ -75,13 +78,13 @@ static void write_conf(struct fixture *f, const struct fixture_opts *o)
 	         "[upstream]\n"
 	         "url = %s://%s:%d\n"
 	         "v1_url = %s://%s:%d\n"
-	         "ca_file = %s/%s\n"
+	         "%s"
 	         "\n"
 	         "[log]\n"
 	         "level = info\n"
 	         "%s\n",
-	         scheme, uh, port, scheme, uh, port_v1, f->dir,
-	         o->wrong_ca ? "other-ca.pem" : "srv-ca.pem", o->proxy_conf ? o->proxy_conf : "");
+	         scheme, uh, port, scheme, uh, port_v1, ca_line,
+	         o->proxy_conf ? o->proxy_conf : "");
 	if (!o->proxy_conf || !strstr(o->proxy_conf, "[limits]")) {
 		/* Forwarding tests: the limiter must not be what they measure. */
 		strncat(conf, "[limits]\nburst = 1000000\nwindow = 1s\n",

@@ -18,6 +18,8 @@ struct fixture_opts {
 	        *cert_names; /* names in the mock's certificate (default "localhost,127.0.0.1") */
 	const char *upstream_host; /* host the proxy uses for the mocks (default "localhost") */
 	bool wrong_ca;          /* give the proxy a CA that did not sign the mock's certificate */
+	bool system_store;      /* no upstream.ca_file: the proxy verifies with the system store
+	                         * (tests point SSL_CERT_DIR / SSL_CERT_FILE at their CA) */
 	bool no_proxy;          /* start only the mocks */
 	char *const *proxy_env; /* extra environment for the proxy */
 };

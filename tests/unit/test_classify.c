@@ -14,6 +14,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <openssl/evp.h>
+
 #include "classify.h"
 
 #define UUID "8f14e45f-ceea-467f-a0e6-3c4e2f5a9b1d"
@@ -245,6 +247,50 @@ Test(classify, fingerprint_is_sha256_prefix)
 	cr_expect_str_neq(fp, "ba7816bf8f01cfea");
 	classify_fingerprint(PIT, strlen(PIT), fp);
 	cr_expect_eq(strlen(fp), CLASSIFY_FP_LEN);
+}
+
+/* The fingerprint computed the long way, for the cache's checks. */
+static void sha256_prefix(const char *s, size_t len, char out[CLASSIFY_FP_LEN + 1])
+{
+	unsigned char md[EVP_MAX_MD_SIZE];
+	unsigned int n = 0;
+
+	cr_assert_eq(EVP_Digest(s, len, md, &n, EVP_sha256(), NULL), 1);
+	for (size_t i = 0; i < CLASSIFY_FP_LEN / 2; i++)
+		snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+/* Fingerprints are cached: a hit must be the same secret, byte for byte, whatever the slot.
+ * Many secrets (more than the slots), secrets one byte apart, lengths at the cache's limit and
+ * past it, each asked twice and interleaved: every answer is the SHA-256 prefix of its own. */
+Test(classify, fingerprint_cache_is_exact)
+{
+	char secret[600], fp[CLASSIFY_FP_LEN + 1], want[CLASSIFY_FP_LEN + 1];
+	const size_t lens[] = { 1, 40, 255, 256, 257, 599 };
+
+	for (int round = 0; round < 2; round++) {
+		for (int i = 0; i < 1000; i++) {
+			int n = snprintf(secret, sizeof(secret),
+			                 "pit-00000000-0000-4000-8000-%012d", i);
+			classify_fingerprint(secret, (size_t)n, fp);
+			sha256_prefix(secret, (size_t)n, want);
+			cr_assert_str_eq(fp, want, "secret %d, round %d", i, round);
+			secret[n - 1] ^= 1; /* one bit apart, asked right after */
+			classify_fingerprint(secret, (size_t)n, fp);
+			sha256_prefix(secret, (size_t)n, want);
+			cr_assert_str_eq(fp, want, "secret %d flipped, round %d", i, round);
+		}
+		for (size_t k = 0; k < sizeof(lens) / sizeof(lens[0]); k++) {
+			memset(secret, 'a' + (int)k, lens[k]);
+			classify_fingerprint(secret, lens[k], fp);
+			sha256_prefix(secret, lens[k], want);
+			cr_assert_str_eq(fp, want, "length %zu", lens[k]);
+			/* The same bytes, one shorter: a prefix is not a hit. */
+			classify_fingerprint(secret, lens[k] - 1, fp);
+			sha256_prefix(secret, lens[k] - 1, want);
+			cr_assert_str_eq(fp, want, "length %zu - 1", lens[k]);
+		}
+	}
 }
 
 Test(classify, id_valid)

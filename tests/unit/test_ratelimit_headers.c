@@ -11,8 +11,10 @@
 #include <event2/keyvalq_struct.h>
 #include <inttypes.h>
 #include <string.h>
+#include <time.h>
 
 #include "src/ratelimit_headers.h"
+#include "src/util.h"
 
 #define A -1 /* absent */
 
@@ -416,4 +418,25 @@ Test(ratelimit_headers, daily_429_from_headers)
 	evhttp_clear_headers(&q);
 	cr_assert_eq(ratelimit_429_wait_ms(&ri, 10000, &daily), 3600000);
 	cr_assert(daily);
+}
+
+/* The Date the proxy adds to answers without one: an IMF-fixdate of now, that the proxy's own
+ * HTTP-date reader takes back (Retry-After: a date now or just past waits 0 ms). */
+Test(ratelimit_headers, proxy_date_is_imf_fixdate_of_now)
+{
+	char want[2][64];
+
+	for (int i = 0; i < 2; i++) {
+		time_t t = time(NULL) - i;
+		struct tm tm;
+		gmtime_r(&t, &tm);
+		strftime(want[i], sizeof(want[i]), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+	}
+	const char *d = util_http_date();
+	cr_expect_eq(strlen(d), 29, "%s", d);
+	cr_expect(strcmp(d, want[0]) == 0 || strcmp(d, want[1]) == 0, "%s, not %s", d, want[0]);
+	struct ratelimit_info ri;
+	ratelimit_info_clear(&ri);
+	ratelimit_info_add(&ri, "Retry-After", d, util_wall_ms());
+	cr_expect_eq(ri.retry_after_ms, 0);
 }
