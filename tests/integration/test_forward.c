@@ -784,20 +784,28 @@ static void hashed_dir(const char *dir, const char *name, const char *ca)
 	cr_assert_eq(symlink(target, link), 0);
 }
 
-/* The proxy reads the hashed directory lazily; the mock's CA in it verifies the upstream. */
-Test(upstream_errors, system_store_hashed_dir_verifies)
+/* Start the mocks, and the proxy with no upstream.ca_file and a system store (SSL_CERT_DIR) of
+ * `ca` alone, hashed. SSL_CERT_FILE is set empty, which is unset: whatever bundle the test's own
+ * environment names, the directory alone is used. Then one request. */
+static void request_with_store(const char *ca, struct httpc_response *r)
 {
 	struct fixture_opts o = { .system_store = true, .no_proxy = true };
-	struct httpc_response r;
 	char env[600];
 
 	fixture_start(&fx, &o);
-	hashed_dir(fx.dir, "certs", "srv-ca.pem");
+	hashed_dir(fx.dir, "certs", ca);
 	snprintf(env, sizeof(env), "SSL_CERT_DIR=%s/certs", fx.dir);
-	/* Whatever bundle the environment names: empty is unset, the directory alone is used. */
 	char *const envs[] = { env, (char *)"SSL_CERT_FILE=", NULL };
 	cr_assert_eq(fixture_start_proxy(&fx, envs), 0);
-	req("GET", "/contacts/", NULL, NULL, 0, &r);
+	req("GET", "/contacts/", NULL, NULL, 0, r);
+}
+
+/* The proxy reads the hashed directory lazily; the mock's CA in it verifies the upstream. */
+Test(upstream_errors, system_store_hashed_dir_verifies)
+{
+	struct httpc_response r;
+
+	request_with_store("srv-ca.pem", &r);
 	cr_expect_eq(r.status, 200, "%d %s", r.status, r.body);
 	httpc_response_free(&r);
 	stop_clean();
@@ -806,16 +814,9 @@ Test(upstream_errors, system_store_hashed_dir_verifies)
 /* A store that does not hold the CA that signed the upstream: 502, nothing forwarded. */
 Test(upstream_errors, system_store_without_the_ca_gives_502)
 {
-	struct fixture_opts o = { .system_store = true, .no_proxy = true };
 	struct httpc_response r;
-	char env[600];
 
-	fixture_start(&fx, &o);
-	hashed_dir(fx.dir, "certs", "other-ca.pem");
-	snprintf(env, sizeof(env), "SSL_CERT_DIR=%s/certs", fx.dir);
-	char *const envs[] = { env, (char *)"SSL_CERT_FILE=", NULL };
-	cr_assert_eq(fixture_start_proxy(&fx, envs), 0);
-	req("GET", "/contacts/", NULL, NULL, 0, &r);
+	request_with_store("other-ca.pem", &r);
 	expect_json_error(&r, 502);
 	cr_expect(strstr((const char *)r.body, "certificate verify failed") != NULL, "%s", r.body);
 	httpc_response_free(&r);
