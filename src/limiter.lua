@@ -223,8 +223,21 @@ local function burst_load(cfg)
 	if b.hlr == nil or b.hlu == nil or b.hlr < 0 then
 		b.hlr, b.hlu = nil, nil
 	end
+	-- The entries are this script's own '%d' writes. Checked inline, with tonumber and an
+	-- integer test: parse_int's pattern, called per entry, was a third of a call's time with
+	-- the 100 entries of an active key (bench/results/perf.txt, case c). A foreign writer's
+	-- garbage is still refused; only its ' 12' or '0x1f' would now be taken as numbers.
 	for i, v in ipairs(redis.call('LRANGE', KEYS[1], 0, b.n - 1)) do
-		b.ring[i] = stored(v, KEYS[1], 'list entry')
+		local t = tonumber(v)
+		if t == nil or t % 1 ~= 0 then
+			bad('corrupt list entry in ' .. KEYS[1])
+		end
+		if t > NEVER then
+			t = NEVER
+		elseif t < -NEVER then
+			t = -NEVER
+		end
+		b.ring[i] = t
 	end
 	return b
 end
@@ -626,8 +639,14 @@ local function reply(granted, b, d, now)
 		d_in and d.hlr or -1,
 		d_in and d.hlu or -1,
 	}
-	for i = ring_len(b), 1, -1 do
-		out[#out + 1] = ring_entry(b, i) -- oldest first
+	local k, pushed, ring = #out, b.pushed, b.ring
+	for i = ring_len(b), 1, -1 do -- oldest first; ring_entry(b, i), inline
+		k = k + 1
+		if i <= pushed then
+			out[k] = b.tpush
+		else
+			out[k] = ring[i - pushed]
+		end
 	end
 	return out
 end

@@ -1689,6 +1689,19 @@ Test(redis_script, bad_arguments)
 	                  NULL,
 	          "%s", err);
 	cr_expect_eq(rint_cmd(&r, "LLEN", k.list, NULL), 1, "nothing written");
+	/* Entries are checked inline (a number, and an integer), not only the first. */
+	const char *bad_entries[] = { "1.5", "nan", "inf", "12abc", "" };
+	for (size_t i = 0; i < sizeof(bad_entries) / sizeof(bad_entries[0]); i++) {
+		freeReplyObject(rcmd(&r, "DEL", k.list, NULL));
+		freeReplyObject(rcmd(&r, "RPUSH", k.list, "1000", bad_entries[i], NULL));
+		cr_expect_neq(s_admit(&r, &k, &small, 0, 1, &l, err, sizeof(err)), 0,
+		              "entry \"%s\" taken", bad_entries[i]);
+		cr_expect(strstr(err, "corrupt list entry") != NULL, "\"%s\": %s", bad_entries[i],
+		          err);
+		cr_expect_eq(rint_cmd(&r, "LLEN", k.list, NULL), 2, "\"%s\": written",
+		             bad_entries[i]);
+	}
+	freeReplyObject(rcmd(&r, "DEL", k.list, NULL));
 	rep = rcmd(&r, "SET", k.daily, "x", NULL);
 	freeReplyObject(rep);
 	rkeys_make(&k, "ghlproxy", "loc:bad", "loc:other");
