@@ -7,7 +7,8 @@ tests/vectors/window.vec is the judge: tests/integration/test_redis_vectors.c ru
 
 It owns four keys (KEYS, always these, in this order; all carry the hash tag of the request's
 daily key, so that one cluster slot holds a key's whole state):
-  KEYS[1] P:{dk}:b:<bk>  LIST, the admission times (ms), newest at index 0, at most N entries
+  KEYS[1] P:{dk}:b:<bk>  LIST, the admission times (ms), newest at index 0, at most N entries,
+                         none older than the window (W + guard) as of the last write
   KEYS[2] P:{dk}:mb:<bk> HASH, burst meta: n, w (learned N, W; absent: the configured ones),
                          blk (burst 429 until), hlr/hlu (HighLevel's burst remaining, believed
                          until hlu)
@@ -47,7 +48,7 @@ Reply, every operation: an array of integers
   10 blk_burst  11 blk_daily                  429 blocks in force (-1: none)
   12 hl_b_rem   13 hl_b_until                 HighLevel's burst budget in force (-1: none)
   14 hl_d_rem   15 hl_d_until                 HighLevel's daily remaining in force (-1: none)
-  16...          the list's entries, OLDEST FIRST (at most N)
+  16...          the list's entries that still count at now, OLDEST FIRST (at most N)
 All times are absolute Redis-clock ms.
 
 Numbers: Redis runs Lua 5.1, whose numbers are doubles, exact for integers up to 2^53. Times,
@@ -256,6 +257,17 @@ end
 
 local function burst_span(b)
 	return b.w + b.guard
+end
+
+-- How many of the newest entries still count at now (window.c's burst_first_counting): an
+-- entry at t counts while t > now - (W + guard). The list is sorted, newest first, so they are
+-- a prefix; the rest can never count again (now only grows) and are neither kept nor replied.
+local function burst_counting(b, now)
+	local k, oldest_counting = ring_len(b), now - burst_span(b)
+	while k > 0 and ring_entry(b, k) <= oldest_counting do
+		k = k - 1
+	end
+	return k
 end
 
 -- HMGET of the bucket fields lo..hi (at most N_BUCKETS of them): idx -> count.
@@ -519,10 +531,13 @@ end
 
 local function persist_burst(b, now)
 	local written = false
+	-- The list keeps the entries that still count (at most N): an active key's list holds its
+	-- last window, not its last N calls, and every call reads and replies only those.
+	local counting = burst_counting(b, now)
 	if b.rewrite then
 		redis.call('DEL', KEYS[1])
 		local keep = {}
-		for i = 1, math.min(#b.ring, b.n) do
+		for i = 1, math.min(#b.ring, b.n, counting) do
 			keep[i] = str(b.ring[i])
 		end
 		call_chunked('RPUSH', KEYS[1], keep)
@@ -533,7 +548,7 @@ local function persist_burst(b, now)
 			add[i] = str(b.tpush)
 		end
 		call_chunked('LPUSH', KEYS[1], add)
-		redis.call('LTRIM', KEYS[1], 0, b.n - 1)
+		redis.call('LTRIM', KEYS[1], 0, math.min(b.n, counting) - 1)
 		written = true
 	end
 	-- What no longer holds is forgotten (window.c's burst_trim): an ended block or budget.
@@ -640,7 +655,7 @@ local function reply(granted, b, d, now)
 		d_in and d.hlu or -1,
 	}
 	local k, pushed, ring = #out, b.pushed, b.ring
-	for i = ring_len(b), 1, -1 do -- oldest first; ring_entry(b, i), inline
+	for i = burst_counting(b, now), 1, -1 do -- oldest first; ring_entry(b, i), inline
 		k = k + 1
 		if i <= pushed then
 			out[k] = b.tpush

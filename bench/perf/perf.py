@@ -621,8 +621,9 @@ def case_c(ctx, out):
                    ("ghlproxy_redis", "http://%s/" % gr.addr, gr.addr,
                     lambda: [gr.pid, redis.pid])]
         if not ctx.smoke:
-            # Steady state first: every key's Redis list holds N = 100 admissions, as an
-            # active key's does in production (the list keeps the newest N, whatever their age).
+            # Steady state first. A key's Redis list holds the admissions of its last window
+            # (W + guard, at most N): here about rate x 1.25 s; a key of HighLevel's 100 per
+            # 10 s near its limit holds up to 100. The sample below says what this run held.
             for _, _, addr, _ in targets:
                 run_loadgen(ctx, addr, "--requests", 101 * KEYS, "--keys", KEYS,
                             "--connections", CONNS)

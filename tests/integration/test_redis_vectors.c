@@ -1389,44 +1389,41 @@ Test(redis_script, reply_layout)
 	cr_expect_eq(l.f[LR_HL_D_UNTIL], 61010);
 	lreply_free(&l);
 
-	/* after the blocks: one more (N = 4 now), spending both budgets; ring oldest first */
+	/* after the blocks: one more (N = 4 now), spending both budgets. The three at 1000 no
+	 * longer count (1000 <= 6010 - W - guard): they are neither replied nor kept. */
 	must_admit(&r, &k, &small, 6010, 1, &l);
 	cr_expect_eq(l.f[LR_GRANTED], 1);
 	cr_expect_eq(l.f[LR_HL_B_REM], -1, "the burst budget ended at 1410");
 	cr_expect_eq(l.f[LR_HL_D_REM], 4);
 	cr_expect_eq(l.f[LR_DAILY_USED], 4);
-	cr_assert_eq(l.n_ring, 4);
-	cr_expect_eq(l.ring[0], 1000);
-	cr_expect_eq(l.ring[3], 6010);
+	cr_assert_eq(l.n_ring, 1);
+	cr_expect_eq(l.ring[0], 6010);
+	lreply_free(&l);
+	cr_expect_eq(rint_cmd(&r, "LLEN", k.list, NULL), 1);
+
+	/* two more within the window: the ring, oldest first */
+	must_admit(&r, &k, &small, 6500, 1, &l);
+	lreply_free(&l);
+	must_admit(&r, &k, &small, 6600, 1, &l);
+	cr_assert_eq(l.n_ring, 3);
+	cr_expect_eq(l.ring[0], 6010);
+	cr_expect_eq(l.ring[1], 6500);
+	cr_expect_eq(l.ring[2], 6600);
 	lreply_free(&l);
 
 	/* state changes nothing */
-	must_state(&r, &k, &small, 6010, &l);
+	must_state(&r, &k, &small, 6600, &l);
 	cr_expect_eq(l.f[LR_GRANTED], 0);
-	cr_expect_eq(l.f[LR_DAILY_USED], 4);
-	cr_expect_eq(l.n_ring, 4);
+	cr_expect_eq(l.f[LR_DAILY_USED], 6);
+	cr_expect_eq(l.n_ring, 3);
 	lreply_free(&l);
-	must_state(&r, &k, &small, 6010, &l);
-	cr_expect_eq(l.f[LR_DAILY_USED], 4);
+	/* nor does a later one, whose reply leaves out what stopped counting */
+	must_state(&r, &k, &small, 7650, &l); /* 6500 <= 7650 - 1100 < 6600 */
+	cr_expect_eq(l.f[LR_DAILY_USED], 6);
+	cr_expect_eq(l.n_ring, 1);
+	cr_expect_eq(l.ring[0], 6600);
 	lreply_free(&l);
-
-	/* a smaller N learned: the list keeps the newest N, in Redis too */
-	f = fb_none();
-	f.learned_n = "2";
-	must_feedback(&r, &k, &small, 6020, &f, &l);
-	cr_assert_eq(l.n_ring, 2);
-	cr_expect_eq(l.ring[0], 1000);
-	cr_expect_eq(l.ring[1], 6010);
-	lreply_free(&l);
-	cr_expect_eq(rint_cmd(&r, "LLEN", k.list, NULL), 2);
-
-	/* want = 0 looks without recording, and writes nothing on a fresh key */
-	rkeys_make(&k, "ghlproxy", "fresh", "fresh");
-	must_admit(&r, &k, &small, 0, 0, &l);
-	cr_expect_eq(l.f[LR_GRANTED], 0);
-	cr_expect_eq(l.f[LR_SCOPE], WINDOW_OK);
-	lreply_free(&l);
-	cr_expect_eq(rint_cmd(&r, "EXISTS", k.list, k.bmeta, k.daily, k.dmeta, NULL), 0);
+	cr_expect_eq(rint_cmd(&r, "LLEN", k.list, NULL), 3);
 	rs_stop(&r);
 }
 
@@ -1545,7 +1542,8 @@ Test(redis_script, idle_keys_expire)
 	rs_stop(&r);
 }
 
-/* 10,000 admissions over 333 buckets: at most N list entries, 289 buckets + tot/lo/hi. */
+/* 10,000 admissions over 333 buckets: at most N list entries (here 1: each admission comes
+ * after the previous one stopped counting), 289 buckets + tot/lo/hi. */
 Test(redis_script, memory_bounded)
 {
 	struct rs r;
@@ -1566,7 +1564,7 @@ Test(redis_script, memory_bounded)
 			cr_assert_leq(rint_cmd(&r, "HLEN", k.daily, NULL), WINDOW_N_BUCKETS + 3);
 		}
 	}
-	cr_expect_eq(rint_cmd(&r, "LLEN", k.list, NULL), 100);
+	cr_expect_eq(rint_cmd(&r, "LLEN", k.list, NULL), 1);
 	cr_expect_eq(rint_cmd(&r, "HLEN", k.daily, NULL), WINDOW_N_BUCKETS + 3);
 	for (int64_t i = 0; i < n; i++)
 		counted +=
@@ -1574,7 +1572,7 @@ Test(redis_script, memory_bounded)
 	must_state(&r, &k, &c, last, &l);
 	cr_expect_eq(l.f[LR_DAILY_USED], counted, "%" PRId64 " vs %" PRId64, l.f[LR_DAILY_USED],
 	             counted);
-	cr_expect_eq(l.n_ring, 100);
+	cr_expect_eq(l.n_ring, 1);
 	lreply_free(&l);
 
 	/* a huge want at one instant: N granted, the list still N long */
