@@ -29,6 +29,8 @@ static bool has_hash_links(const char *dir)
 
 	if (!d)
 		return false;
+	/* readdir is safe on a stream of our own (readdir_r is the deprecated one) */
+	/* cppcheck-suppress readdirCalled */
 	while (!found && (e = readdir(d)) != NULL) {
 		const char *n = e->d_name;
 		size_t i = 0;
