@@ -16,6 +16,7 @@
  * name, the query once, the path once per template, at most CLASSIFY_BODY_SNIFF bytes of the body.
  */
 #include "classify.h"
+#include "util.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -152,7 +153,7 @@ struct fp_slot {
 	char fp[CLASSIFY_FP_LEN + 1];
 };
 
-static __thread struct fp_slot fp_cache[FP_CACHE_SLOTS];
+static UTIL_THREAD_LOCAL struct fp_slot fp_cache[FP_CACHE_SLOTS];
 
 static uint64_t fnv1a(const char *s, size_t len)
 {

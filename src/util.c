@@ -55,9 +55,9 @@ const char *util_http_date(void)
 	static const char days[7][4] = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" };
 	static const char months[12][4] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
 		                            "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
-	static __thread char
+	static UTIL_THREAD_LOCAL char
 	        date[80]; /* 29 used; room for what -Wformat-truncation assumes of ints */
-	static __thread time_t date_sec = -1;
+	static UTIL_THREAD_LOCAL time_t date_sec = -1;
 	time_t t = (time_t)(util_wall_ms() / 1000);
 	struct tm tm;
 

@@ -15,6 +15,11 @@
 #define MIN(a, b)     ((a) < (b) ? (a) : (b))
 #define MAX(a, b)     ((a) > (b) ? (a) : (b))
 
+/* Per-thread state of the proxy's own executable: the initial-exec model reads it at a fixed
+ * offset from the thread pointer, with no call into the dynamic loader (__tls_get_addr, which
+ * the core library's -fPIC would otherwise use, and which would make ld.so a NEEDED library). */
+#define UTIL_THREAD_LOCAL __thread __attribute__((tls_model("initial-exec")))
+
 /* CLOCK_MONOTONIC in ns / ms: for every interval and deadline. */
 int64_t util_now_ns(void);
 int64_t util_now_ms(void);
