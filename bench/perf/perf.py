@@ -564,37 +564,34 @@ def check_not_binding(out, case, name, admin, before):
                                                                            name))
 
 
+def proxies_case(ctx, out, case, g, direct_url, nginx_addr, haproxy_addr):
+    """Cases (a) and (b): the same load directly and through each proxy, alternating."""
+    n, h, m = ctx.nginx_p, ctx.haproxy_p, ctx.mock
+    targets = [("direct", direct_url, m.plain, lambda: [m.pid]),
+               ("ghlproxy", "http://%s/" % g.addr, g.addr, lambda: [g.pid]),
+               ("nginx", "http://%s/" % nginx_addr, nginx_addr, lambda: children(n.pid)),
+               ("haproxy", "http://%s/" % haproxy_addr, haproxy_addr, lambda: [h.pid])]
+    q0 = metric(g.admin, QUEUED)
+    s = throughput_case(ctx, out, case, targets)
+    check_not_binding(out, case, "ghlproxy", g.admin, q0)
+    ratios(out, case, s)
+    ctx.summary[case] = s
+
+
 def case_a(ctx, out):
     out.section("(a) plain-HTTP upstream, %d keep-alive connections, %d keys, limits not binding"
                 % (CONNS, KEYS))
-    g, n, h, m = ctx.gl_plain, ctx.nginx_p, ctx.haproxy_p, ctx.mock
-    targets = [("direct", "http://%s/" % m.plain, m.plain, lambda: [m.pid]),
-               ("ghlproxy", "http://%s/" % g.addr, g.addr, lambda: [g.pid]),
-               ("nginx", "http://%s/" % n.plain, n.plain, lambda: children(n.pid)),
-               ("haproxy", "http://%s/" % h.plain, h.plain, lambda: [h.pid])]
-    q0 = metric(g.admin, QUEUED)
-    s = throughput_case(ctx, out, "a", targets)
-    check_not_binding(out, "a", "ghlproxy", g.admin, q0)
-    ratios(out, "a", s)
-    ctx.summary["a"] = s
-    st = proc_status(g.pid)
-    out.put("a_ghlproxy_rss_after_kib", st["VmRSS"])
+    proxies_case(ctx, out, "a", ctx.gl_plain, "http://%s/" % ctx.mock.plain,
+                 ctx.nginx_p.plain, ctx.haproxy_p.plain)
+    out.put("a_ghlproxy_rss_after_kib", proc_status(ctx.gl_plain.pid)["VmRSS"])
 
 
 def case_b(ctx, out):
     out.section("(b) TLS upstream (verified by all), %d keep-alive connections, %d keys"
                 % (CONNS, KEYS))
-    g, n, h, m = ctx.gl_tls, ctx.nginx_p, ctx.haproxy_p, ctx.mock
-    targets = [("direct", "https://%s/" % m.tls, m.plain, lambda: [m.pid]),
-               ("ghlproxy", "http://%s/" % g.addr, g.addr, lambda: [g.pid]),
-               ("nginx", "http://%s/" % n.tls, n.tls, lambda: children(n.pid)),
-               ("haproxy", "http://%s/" % h.tls, h.tls, lambda: [h.pid])]
     out.put("b_note", "direct throughput is wrk over TLS to the mock; direct latency is plain")
-    q0 = metric(g.admin, QUEUED)
-    s = throughput_case(ctx, out, "b", targets)
-    check_not_binding(out, "b", "ghlproxy", g.admin, q0)
-    ratios(out, "b", s)
-    ctx.summary["b"] = s
+    proxies_case(ctx, out, "b", ctx.gl_tls, "https://%s/" % ctx.mock.tls, ctx.nginx_p.tls,
+                 ctx.haproxy_p.tls)
 
 
 def list_key(sock_path):
