@@ -86,10 +86,16 @@ bool headers_has_connection(const struct evkeyvalq *h)
 	return headers_count(h, "Connection") > 0;
 }
 
+bool headers_end_to_end(const struct evkeyvalq *h, bool has_connection, const char *name)
+{
+	return !headers_is_hop_by_hop(name) &&
+	       !(has_connection && headers_named_by_connection(h, name));
+}
+
 static bool dropped(const struct evkeyvalq *in, bool has_connection, const char *name,
                     unsigned flags)
 {
-	if (headers_is_hop_by_hop(name))
+	if (!headers_end_to_end(in, has_connection, name))
 		return true;
 	if ((flags & HEADERS_DROP_HOST) && util_strcaseeq(name, "Host"))
 		return true;
@@ -99,9 +105,7 @@ static bool dropped(const struct evkeyvalq *in, bool has_connection, const char 
 		return true;
 	if ((flags & HEADERS_DROP_PROXY_CONTROL) && util_strncaseeq(name, "X-GHL-", 6))
 		return true;
-	if ((flags & HEADERS_DROP_EXPECT) && util_strcaseeq(name, "Expect"))
-		return true;
-	return has_connection && headers_named_by_connection(in, name);
+	return (flags & HEADERS_DROP_EXPECT) && util_strcaseeq(name, "Expect");
 }
 
 int headers_copy(const struct evkeyvalq *in, struct evkeyvalq *out, unsigned flags)

@@ -25,6 +25,10 @@ bool headers_named_by_connection(const struct evkeyvalq *h, const char *name);
  * is then skipped.) */
 bool headers_has_connection(const struct evkeyvalq *h);
 
+/* Does `name` cross, by the hop-by-hop rule: neither in the fixed list nor named by a Connection
+ * header of `h`? `has_connection` is headers_has_connection(h), asked once per message. */
+bool headers_end_to_end(const struct evkeyvalq *h, bool has_connection, const char *name);
+
 enum headers_copy_flags {
 	HEADERS_DROP_HOST = 1 << 0,          /* requests: the upstream's Host is set instead */
 	HEADERS_DROP_LENGTH = 1 << 1,        /* Content-Length: recomputed by the sender */

@@ -400,8 +400,7 @@ static int on_up_head(struct upstream_exchange *x, int status, const char *reaso
 	bool has_connection = headers_has_connection(headers);
 	for (kv = TAILQ_FIRST(headers); kv; kv = next) {
 		next = TAILQ_NEXT(kv, next);
-		if (headers_is_hop_by_hop(kv->key) ||
-		    (has_connection && headers_named_by_connection(headers, kv->key)))
+		if (!headers_end_to_end(headers, has_connection, kv->key))
 			continue;
 		if (util_strcaseeq(kv->key, "Content-Length")) {
 			if (!chunked && evhttp_add_header(&p->resp, kv->key, kv->value) < 0)

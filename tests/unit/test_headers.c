@@ -110,6 +110,23 @@ Test(headers, named_by_connection_tokens)
 	evhttp_clear_headers(&in);
 }
 
+/* The one rule both directions apply: requests (headers_copy) and answers (request.c). */
+Test(headers, end_to_end)
+{
+	struct evkeyvalq in;
+	const char *pairs[] = { "Connection", "X-Hop", "X-Hop", "1", "X-Kept", "2", NULL };
+
+	add_all(&in, pairs);
+	cr_expect(!headers_end_to_end(&in, true, "Connection"));
+	cr_expect(!headers_end_to_end(&in, true, "keep-alive"));
+	cr_expect(!headers_end_to_end(&in, true, "x-hop"));
+	cr_expect(headers_end_to_end(&in, true, "X-Kept"));
+	/* has_connection false: the caller found no Connection header, none is looked for */
+	cr_expect(headers_end_to_end(&in, false, "X-Hop"));
+	cr_expect(!headers_end_to_end(&in, false, "Transfer-Encoding"));
+	evhttp_clear_headers(&in);
+}
+
 Test(headers, check_request)
 {
 	struct evkeyvalq h;
