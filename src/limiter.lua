@@ -18,7 +18,8 @@ daily key, so that one cluster slot holds a key's whole state):
                          (HighLevel's daily remaining and its reset)
 Memory per key is bounded: N list entries, at most 289 bucket fields plus tot/lo/hi, fixed meta.
 What no longer holds (an ended block or budget, buckets past the day) is deleted on the next
-write, and every write sets PEXPIRE on the four keys, so an idle key disappears by itself:
+write, and the keys carry TTLs (PEXPIRE, set as set_ttls says), so an idle key disappears by
+itself:
   list, burst meta: (W + guard) * 2 + 1000, longer while a block or budget still holds, or while
                     the newest entry is ahead of now (a clock that went back)
   buckets, daily meta: 86700000 (24 h + one bucket), longer while a block, a HighLevel reset or
@@ -198,15 +199,21 @@ of this call at tpush, newer than all of it. `orig` is what the meta held, to wr
 ]]
 local function burst_load(cfg)
 	local m = redis.call('HMGET', KEYS[2], 'n', 'w', 'blk', 'hlr', 'hlu')
-	local b = {
-		orig = { n = m[1] or nil, w = m[2] or nil, blk = m[3] or nil, hlr = m[4] or nil,
-			hlu = m[5] or nil },
-		learned_n = stored(m[1], KEYS[2], 'burst n'),
-		learned_w = stored(m[2], KEYS[2], 'burst w'),
-		guard = cfg.guard,
+	local orig = {
+		n = stored(m[1], KEYS[2], 'burst n'),
+		w = stored(m[2], KEYS[2], 'burst w'),
 		blk = stored(m[3], KEYS[2], 'burst blk'),
 		hlr = stored(m[4], KEYS[2], 'burst hlr'),
 		hlu = stored(m[5], KEYS[2], 'burst hlu'),
+	}
+	local b = {
+		orig = orig,
+		learned_n = orig.n,
+		learned_w = orig.w,
+		guard = cfg.guard,
+		blk = orig.blk,
+		hlr = orig.hlr,
+		hlu = orig.hlu,
 		ring = {},
 		pushed = 0,
 		tpush = nil,
@@ -297,17 +304,26 @@ to now's bucket, or to hi when the clock went back, after the older ones were dr
 ]]
 local function daily_load(cfg, now)
 	local m = redis.call('HMGET', KEYS[4], 'd', 'blk', 'hlr', 'hlu')
-	local h = redis.call('HMGET', KEYS[3], 'tot', 'lo', 'hi')
-	local d = {
-		orig = { d = m[1] or nil, blk = m[2] or nil, hlr = m[3] or nil, hlu = m[4] or nil },
-		learned_d = stored(m[1], KEYS[4], 'daily d'),
+	local orig = {
+		d = stored(m[1], KEYS[4], 'daily d'),
 		blk = stored(m[2], KEYS[4], 'daily blk'),
 		hlr = stored(m[3], KEYS[4], 'daily hlr'),
 		hlu = stored(m[4], KEYS[4], 'daily hlu'),
+	}
+	local now_idx = bucket_of(now)
+	-- with now's bucket, which an admission adds to (one HSET then writes it and tot/lo/hi)
+	local h = redis.call('HMGET', KEYS[3], 'tot', 'lo', 'hi', str(now_idx))
+	local d = {
+		orig = orig,
+		learned_d = orig.d,
+		blk = orig.blk,
+		hlr = orig.hlr,
+		hlu = orig.hlu,
 		tot = stored(h[1], KEYS[3], 'tot'),
 		lo = stored(h[2], KEYS[3], 'lo'),
 		hi = stored(h[3], KEYS[3], 'hi'),
-		now_idx = bucket_of(now),
+		now_idx = now_idx,
+		now_count = stored(h[4], KEYS[3], 'bucket') or 0,
 		expired = {},
 		clear = false, -- every bucket stopped counting: delete the hash
 		add = 0, -- admissions of this call, all in bucket add_idx
@@ -315,6 +331,7 @@ local function daily_load(cfg, now)
 		counts = nil, -- bucket_counts() of the counted buckets, loaded when the daily is full
 		changed = false,
 	}
+	d.hi_loaded = d.hi
 	d.first = d.now_idx - (N_BUCKETS - 1)
 	if d.learned_d then
 		d.learned_d = math.max(0, math.min(d.learned_d, U32_MAX))
@@ -478,48 +495,51 @@ Keep the reason that holds the call back longest. Candidates come in increasing 
 precedence, so on a tie the later one names it: blocked-day > daily > blocked > burst
 (window.c's verdict_consider and window_check).
 ]]
-local function consider(v, scope, t)
-	if t > v.t or (v.scope ~= OK and t == v.t) then
-		v.scope, v.t = scope, t
+local function consider(scope, t, cand_scope, cand_t)
+	if cand_t > t or (scope ~= OK and cand_t == t) then
+		return cand_scope, cand_t
 	end
+	return scope, t
 end
 
+-- The verdict at now: scope and earliest time.
 local function check(b, d, now)
-	local v = { scope = OK, t = now }
-	consider(v, BURST, burst_ring_earliest(b, now))
-	consider(v, BURST, burst_hl_earliest(b, now))
+	local scope, t = consider(OK, now, BURST, burst_ring_earliest(b, now))
+	scope, t = consider(scope, t, BURST, burst_hl_earliest(b, now))
 	if b.blk ~= nil then
-		consider(v, BLOCKED, b.blk)
+		scope, t = consider(scope, t, BLOCKED, b.blk)
 	end
-	consider(v, DAILY, daily_earliest(d, now))
+	scope, t = consider(scope, t, DAILY, daily_earliest(d, now))
 	if d.blk ~= nil then
-		consider(v, BLOCKED_DAY, d.blk)
+		scope, t = consider(scope, t, BLOCKED_DAY, d.blk)
 	end
-	return v
+	return scope, t
 end
 
 -- ---------------------------------------------------------------- writing back
 
 -- A meta hash brought to `want` (field -> integer or nil), writing only what differs from
--- `orig` (field -> stored string or nil).
+-- `orig` (field -> the stored integer or nil). Values are formatted only when written.
 local function sync_hash(key, orig, want, fields)
-	local set, del = {}, {}
+	local set, del
 	for _, f in ipairs(fields) do
 		local v = want[f]
-		if v ~= nil and orig[f] ~= str(v) then
+		if v ~= nil and orig[f] ~= v then
+			set = set or {}
 			set[#set + 1] = f
 			set[#set + 1] = str(v)
 		elseif v == nil and orig[f] ~= nil then
+			del = del or {}
 			del[#del + 1] = f
 		end
 	end
-	if #set > 0 then
+	if set then
 		redis.call('HSET', key, unpack(set))
 	end
-	if #del > 0 then
+	if del then
 		redis.call('HDEL', key, unpack(del))
 	end
-	return #set + #del > 0
+	return set ~= nil or del ~= nil
 end
 
 -- Variadic command over many values, in chunks.
@@ -529,11 +549,10 @@ local function call_chunked(cmd, key, values)
 	end
 end
 
-local function persist_burst(b, now)
+local function persist_burst(b, now, counting)
 	local written = false
 	-- The list keeps the entries that still count (at most N): an active key's list holds its
 	-- last window, not its last N calls, and every call reads and replies only those.
-	local counting = burst_counting(b, now)
 	if b.rewrite then
 		redis.call('DEL', KEYS[1])
 		local keep = {}
@@ -548,7 +567,12 @@ local function persist_burst(b, now)
 			add[i] = str(b.tpush)
 		end
 		call_chunked('LPUSH', KEYS[1], add)
-		redis.call('LTRIM', KEYS[1], 0, math.min(b.n, counting) - 1)
+		local keep = math.min(b.n, counting)
+		if keep > 0 then
+			redis.call('LTRIM', KEYS[1], 0, keep - 1)
+		else -- nothing counts (W + guard = 0): LTRIM 0 -1 would keep it all
+			redis.call('DEL', KEYS[1])
+		end
 		written = true
 	end
 	-- What no longer holds is forgotten (window.c's burst_trim): an ended block or budget.
@@ -575,10 +599,16 @@ local function persist_daily(d, now)
 		call_chunked('HDEL', KEYS[3], d.expired)
 		written = true
 	end
-	if d.add > 0 then
-		redis.call('HINCRBY', KEYS[3], str(d.add_idx), d.add)
-	end
-	if d.changed and d.hi ~= nil then
+	if d.add > 0 and d.add_idx == d.now_idx then
+		-- the usual case, now's bucket: its count was loaded (none after a DEL), one write
+		local count = (d.clear and 0 or d.now_count) + d.add
+		redis.call('HSET', KEYS[3], str(d.add_idx), str(count), 'tot', str(d.tot), 'lo',
+			str(d.lo), 'hi', str(d.hi))
+		written = true
+	elseif d.changed and d.hi ~= nil then
+		if d.add > 0 then -- the newest bucket, ahead of now's (a clock that went back)
+			redis.call('HINCRBY', KEYS[3], str(d.add_idx), d.add)
+		end
 		redis.call('HSET', KEYS[3], 'tot', str(d.tot), 'lo', str(d.lo), 'hi', str(d.hi))
 		written = true
 	end
@@ -604,43 +634,74 @@ local function ms_until(t, now)
 end
 
 --[[
-Every write sets PEXPIRE on all four keys (a no-op on a key that does not exist), long enough
-for everything in them to stop counting: the list and burst meta (W + guard) * 2 + 1000, the
-daily pair a day and a bucket; more when a block or budget ends later, or when the newest entry
-or bucket is ahead of now.
+TTLs: every key outlives what it holds, and an idle key disappears by itself. The burst pair
+needs (W + guard) * 2 + 1000 from its newest entry, the daily pair a day and a bucket from its
+newest bucket (bucket_end(hi)); both more while a block or budget ends later, or while the newest
+entry or bucket is ahead of now (a clock that went back).
+
+A feedback or merge that writes sets all four. An admission, the hot path, sets them only when
+it holds something the last TTLs may not cover (they were 4 of its 13 commands):
+  the burst pair, when its entry is the first of its epoch, floor(t / S) for S = W + guard (or
+    the list was empty). That first entry, at t >= e * S, set an expiry of at least
+    e * S + 2 * S + 1000, and every entry of epoch e (t < (e + 1) * S) stops counting at t + S,
+    before it. Feedback, which alone changes W, sets the TTLs itself.
+  the daily pair, when the newest bucket changes (or the hash was empty). The first write into
+    bucket hi set an expiry of at least bucket_end(hi), when the last of it stops counting;
+    later admissions in hi add nothing beyond it.
+An admission writes the meta only to spend a budget or forget what ended: nothing to extend.
 ]]
-local function set_ttls(b, d, now)
-	local newest = (b.pushed + #b.ring > 0) and ring_entry(b, 1) or nil
-	local ttl_b = burst_span(b) * 2 + 1000 + ms_until(newest, now)
-	ttl_b = math.max(ttl_b, ms_until(b.blk, now), ms_until(b.hlu, now))
-	local ttl_d = DAILY_TTL_MS
-	if d.hi ~= nil then
-		ttl_d = math.max(ttl_d, ms_until(bucket_end(d.hi), now))
+local function set_ttls(b, d, now, burst_pair, daily_pair)
+	if burst_pair then
+		local newest = (b.pushed + #b.ring > 0) and ring_entry(b, 1) or nil
+		local ttl = burst_span(b) * 2 + 1000 + ms_until(newest, now)
+		ttl = str(math.min(math.max(ttl, ms_until(b.blk, now), ms_until(b.hlu, now)), NEVER))
+		redis.call('PEXPIRE', KEYS[1], ttl)
+		redis.call('PEXPIRE', KEYS[2], ttl)
 	end
-	ttl_d = math.max(ttl_d, ms_until(d.blk, now), ms_until(d.hlu, now))
-	redis.call('PEXPIRE', KEYS[1], str(math.min(ttl_b, NEVER)))
-	redis.call('PEXPIRE', KEYS[2], str(math.min(ttl_b, NEVER)))
-	redis.call('PEXPIRE', KEYS[3], str(math.min(ttl_d, NEVER)))
-	redis.call('PEXPIRE', KEYS[4], str(math.min(ttl_d, NEVER)))
+	if daily_pair then
+		local ttl = DAILY_TTL_MS
+		if d.hi ~= nil then
+			ttl = math.max(ttl, ms_until(bucket_end(d.hi), now))
+		end
+		ttl = str(math.min(math.max(ttl, ms_until(d.blk, now), ms_until(d.hlu, now)), NEVER))
+		redis.call('PEXPIRE', KEYS[3], ttl)
+		redis.call('PEXPIRE', KEYS[4], ttl)
+	end
 end
 
-local function persist(b, d, now)
-	local wb = persist_burst(b, now)
+-- Whether this call's admissions are the first of their epoch (see set_ttls).
+local function burst_new_epoch(b)
+	local prev, span = b.ring[1], burst_span(b)
+	if b.pushed == 0 then
+		return false
+	end
+	if prev == nil or span <= 0 then
+		return true
+	end
+	return math.floor(b.tpush / span) ~= math.floor(prev / span)
+end
+
+-- `admission`: only admissions were recorded (op admit); otherwise every write sets all TTLs.
+local function persist(b, d, now, counting, admission)
+	local wb = persist_burst(b, now, counting)
 	local wd = persist_daily(d, now)
-	if wb or wd then
-		set_ttls(b, d, now)
+	if admission then
+		set_ttls(b, d, now, burst_new_epoch(b), d.add > 0 and d.hi ~= d.hi_loaded)
+	elseif wb or wd then
+		set_ttls(b, d, now, true, true)
 	end
 end
 
 -- ---------------------------------------------------------------- the reply
 
-local function reply(granted, b, d, now)
-	local v = check(b, d, now)
+-- `counting`: burst_counting(b, now).
+local function reply(granted, b, d, now, counting)
+	local scope, earliest = check(b, d, now)
 	local b_in, d_in = burst_hl_in_force(b, now), daily_hl_in_force(d, now)
 	local out = {
 		granted,
-		v.scope,
-		v.t - now,
+		scope,
+		earliest - now,
 		now,
 		b.n,
 		b.w,
@@ -655,7 +716,7 @@ local function reply(granted, b, d, now)
 		d_in and d.hlu or -1,
 	}
 	local k, pushed, ring = #out, b.pushed, b.ring
-	for i = burst_counting(b, now), 1, -1 do -- oldest first; ring_entry(b, i), inline
+	for i = counting, 1, -1 do -- oldest first; ring_entry(b, i), inline
 		k = k + 1
 		if i <= pushed then
 			out[k] = b.tpush
@@ -668,9 +729,10 @@ end
 
 -- The reply is built from the state in memory before it is written, so that no read (the
 -- bucket counts of the walk) ever sees this call's own writes and counts them twice.
-local function reply_then_persist(granted, b, d, now)
-	local out = reply(granted, b, d, now)
-	persist(b, d, now)
+local function reply_then_persist(granted, b, d, now, admission)
+	local counting = burst_counting(b, now)
+	local out = reply(granted, b, d, now, counting)
+	persist(b, d, now, counting, admission)
 	return out
 end
 
@@ -690,12 +752,12 @@ local function op_admit()
 	local now = cfg.now
 	local b, d = burst_load(cfg), daily_load(cfg, now)
 	local granted = 0
-	while granted < want and check(b, d, now).scope == OK do
+	while granted < want and check(b, d, now) == OK do
 		burst_record(b, now)
 		daily_record(d, now, 1)
 		granted = granted + 1
 	end
-	return reply_then_persist(granted, b, d, now)
+	return reply_then_persist(granted, b, d, now, true)
 end
 
 --[[
@@ -758,7 +820,8 @@ end
 local function op_state()
 	nargs(6, 'state')
 	local cfg = common_args()
-	return reply(0, burst_load(cfg), daily_load(cfg, cfg.now), cfg.now)
+	local b = burst_load(cfg)
+	return reply(0, b, daily_load(cfg, cfg.now), cfg.now, burst_counting(b, cfg.now))
 end
 
 --[[

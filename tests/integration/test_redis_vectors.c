@@ -1542,6 +1542,80 @@ Test(redis_script, idle_keys_expire)
 	rs_stop(&r);
 }
 
+/* "cmdstat_<name>:calls=N," from INFO commandstats (the script's own commands count), or 0. */
+static long long cmd_calls(struct rs *r, const char *name)
+{
+	redisReply *rep = rcmd(r, "INFO", "commandstats", NULL);
+	char needle[64];
+	const char *p;
+	long long n = 0;
+
+	snprintf(needle, sizeof(needle), "cmdstat_%s:calls=", name);
+	cr_assert_eq(rep->type, REDIS_REPLY_STRING);
+	p = strstr(rep->str, needle);
+	if (p)
+		n = strtoll(p + strlen(needle), NULL, 10);
+	freeReplyObject(rep);
+	return n;
+}
+
+/*
+ * An admission sets TTLs only when it holds something the last ones may not cover (the first
+ * entry of an epoch of W + guard, a new newest bucket), yet every key always outlives what it
+ * holds. On Redis TIME, as in production, for about 1.5 s of admissions 25 ms apart across
+ * several epochs: after each, the list and burst meta expire no sooner than the newest entry
+ * stops counting, the buckets no sooner than the newest bucket does (PEXPIRETIME, absolute, in
+ * the clock of the reply's now); and PEXPIRE ran exactly twice per epoch and per bucket started.
+ */
+Test(redis_script, admissions_set_ttls_only_when_needed)
+{
+	struct rs r;
+	struct rkeys k;
+	struct lreply l;
+	struct sargs a;
+	char err[256];
+	const struct cfg c = { 1000, 150, 50, 1000000 }; /* S = 200 ms, N not binding */
+	const int64_t span = 150 + 50, bucket_ms = 300000;
+	int64_t last_epoch = INT64_MIN, last_bucket = INT64_MIN;
+	long long epochs = 0, buckets = 0, pexpire0;
+	int calls = 0;
+
+	rs_start(&r, NULL);
+	rkeys_make(&k, "ghlproxy", "loc:lazy", "loc:lazy");
+	pexpire0 = cmd_calls(&r, "pexpire");
+	for (int64_t t0 = harness_now_ms(); harness_now_ms() - t0 < 1500 && calls < 200; calls++) {
+		struct timespec ts = { .tv_nsec = 25 * 1000 * 1000 };
+		int64_t newest, epoch, bucket;
+
+		sa_common(&a, "admit", 0, &c);
+		a.argv[1] = ""; /* Redis TIME */
+		sa_i64(&a, 1);
+		cr_assert_eq(call_parse(&r, &k, &a, &l, err, sizeof(err)), 0, "%s", err);
+		cr_assert_eq(l.f[LR_GRANTED], 1);
+		cr_assert_gt(l.n_ring, 0);
+		newest = l.ring[l.n_ring - 1];
+		epoch = newest / span;
+		bucket = newest / bucket_ms;
+		epochs += epoch != last_epoch;
+		buckets += bucket != last_bucket;
+		last_epoch = epoch;
+		last_bucket = bucket;
+		cr_expect_geq(rint_cmd(&r, "PEXPIRETIME", k.list, NULL), newest + span,
+		              "call %d: the list expires before its newest entry stops counting",
+		              calls);
+		cr_expect_geq(
+		        rint_cmd(&r, "PEXPIRETIME", k.daily, NULL), (bucket + 289) * bucket_ms,
+		        "call %d: the buckets expire before the newest one stops counting", calls);
+		lreply_free(&l);
+		nanosleep(&ts, NULL);
+	}
+	cr_assert_geq(epochs, 4, "the run crossed %lld epochs only", epochs);
+	cr_expect_eq(cmd_calls(&r, "pexpire") - pexpire0, 2 * epochs + 2 * buckets,
+	             "%d admissions, %lld epochs, %lld buckets", calls, epochs, buckets);
+	cr_expect_lt(2 * epochs + 2 * buckets, 4LL * calls, "TTLs were set on most calls");
+	rs_stop(&r);
+}
+
 /* 10,000 admissions over 333 buckets: at most N list entries (here 1: each admission comes
  * after the previous one stopped counting), 289 buckets + tot/lo/hi. */
 Test(redis_script, memory_bounded)
@@ -1581,6 +1655,18 @@ Test(redis_script, memory_bounded)
 	cr_expect_eq(l.f[LR_GRANTED], 100);
 	lreply_free(&l);
 	cr_expect_eq(rint_cmd(&r, "LLEN", k.list, NULL), 100);
+
+	/* W + guard = 0: an admission stops counting at once, and nothing is kept */
+	const struct cfg z = { 100, 0, 0, 1000000 };
+
+	rkeys_make(&k, "ghlproxy", "loc:mem3", "loc:mem3");
+	for (int64_t i = 0; i < 5; i++) {
+		must_admit(&r, &k, &z, 1000 + i, 3, &l);
+		cr_expect_eq(l.f[LR_GRANTED], 3);
+		cr_expect_eq(l.n_ring, 0);
+		lreply_free(&l);
+		cr_expect_eq(rint_cmd(&r, "LLEN", k.list, NULL), 0, "admission %" PRId64, i);
+	}
 	rs_stop(&r);
 }
 
