@@ -60,17 +60,6 @@ static bool cand_set(struct cand *c, enum classify_res_kind kind, const char *s,
 	return true;
 }
 
-static int hex_value(unsigned char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 /*
  * Percent-decode s[0..len) into out (cap bytes, not NUL-terminated). Returns the decoded length,
  * or -1 when a '%' escape is broken or the result does not fit. '+' is left as is: no id or
@@ -84,8 +73,8 @@ static long pct_decode(const char *s, size_t len, char *out, size_t cap)
 		if (c == '%') {
 			if (len - i < 3)
 				return -1;
-			int hi = hex_value((unsigned char)s[i + 1]);
-			int lo = hex_value((unsigned char)s[i + 2]);
+			int hi = util_hex_value((unsigned char)s[i + 1]);
+			int lo = util_hex_value((unsigned char)s[i + 2]);
 			if (hi < 0 || lo < 0)
 				return -1;
 			c = (unsigned char)(hi * 16 + lo);
@@ -207,7 +196,7 @@ static bool bearer_is_pit(const char *s, size_t len)
 	if (len != 40 || memcmp(s, "pit-", 4) != 0)
 		return false;
 	for (size_t i = 4; i < len; i++) {
-		if (hex_value((unsigned char)s[i]) < 0 && s[i] != '-')
+		if (util_hex_value((unsigned char)s[i]) < 0 && s[i] != '-')
 			return false;
 	}
 	return true;
@@ -561,7 +550,7 @@ static enum scan_status scan_string(struct scan *s, char *out, size_t cap, size_
 					return SCAN_END;
 				unsigned v = 0;
 				for (int k = 0; k < 4; k++) {
-					int h = hex_value(s->p[k]);
+					int h = util_hex_value(s->p[k]);
 					if (h < 0)
 						return SCAN_ERROR;
 					v = v * 16 + (unsigned)h;
@@ -864,7 +853,7 @@ void classify_set_credential(struct classify_result *r, enum classify_cred cred,
 	if (fingerprint != NULL) {
 		/* Only hex digits reach a key. */
 		for (size_t i = 0; i < CLASSIFY_FP_LEN && fingerprint[i] != '\0'; i++) {
-			if (hex_value((unsigned char)fingerprint[i]) < 0)
+			if (util_hex_value((unsigned char)fingerprint[i]) < 0)
 				break;
 			r->fingerprint[i] = fingerprint[i];
 		}

@@ -41,6 +41,7 @@
 #include <openssl/rand.h>
 
 #include "config.h"
+#include "util.h"
 
 #define NONCE_LEN        12
 #define TAG_LEN          16
@@ -1181,17 +1182,6 @@ int ts_decode_entry(const void *buf, size_t len, const struct ts_key *key, struc
 
 /* ---- keys ---- */
 
-static int hex_value(unsigned char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 static bool is_space(unsigned char c)
 {
 	return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
@@ -1216,11 +1206,11 @@ int ts_key_parse(const void *buf, size_t len, struct ts_key *out, char *err, siz
 		len--;
 	if (len == 2 * TS_KEY_LEN) {
 		for (size_t i = 0; i < len && is_hex; i++)
-			is_hex = hex_value(p[i]) >= 0;
+			is_hex = util_hex_value(p[i]) >= 0;
 		if (is_hex) {
 			for (size_t i = 0; i < TS_KEY_LEN; i++)
-				out->bytes[i] = (unsigned char)(hex_value(p[2 * i]) << 4 |
-				                                hex_value(p[2 * i + 1]));
+				out->bytes[i] = (unsigned char)(util_hex_value(p[2 * i]) << 4 |
+				                                util_hex_value(p[2 * i + 1]));
 			return 0;
 		}
 	}

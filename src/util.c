@@ -100,6 +100,17 @@ bool util_strcaseeq(const char *a, const char *b)
 	return *a == *b;
 }
 
+int util_hex_value(unsigned char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
 bool util_strncaseeq(const char *a, const char *b, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {

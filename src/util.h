@@ -34,6 +34,8 @@ size_t util_strlcpy(char *dst, const char *src, size_t size);
 
 bool util_strcaseeq(const char *a, const char *b);
 bool util_strncaseeq(const char *a, const char *b, size_t n);
+/* The value of a hexadecimal digit (either case), or -1. */
+int util_hex_value(unsigned char c);
 /* True when s starts with prefix (case-sensitive). */
 bool util_startswith(const char *s, const char *prefix);
 
