@@ -319,7 +319,12 @@ static void on_conn_timer(evutil_socket_t fd, short what, void *arg)
  *
  * libevent 2.1's filter also moves output only while its EV_WRITE is on, and turning EV_WRITE on
  * later does not move what is queued; evhttp queues a reply's head first and then turns writing
- * on. So whenever evhttp adds output, a flush runs from the loop right after.
+ * on. So whenever evhttp adds output, a flush runs from the loop right after, and only that flush
+ * writes. Writing at once, from inside the add (the filter's "normal" mode, while EV_WRITE is on,
+ * as it stays during a streamed reply), would empty the buffer and call evhttp's "written"
+ * before evhttp has said what to do then: evhttp_send_reply_end adds the last chunk and only
+ * then asks to be told when it is written; told already, it would wait forever, and the
+ * connection with it.
  */
 static void conn_write_failed(struct server_conn *c)
 {
@@ -353,6 +358,9 @@ static enum bufferevent_filter_result guard_out(struct evbuffer *src, struct evb
 		evbuffer_drain(src, before);
 		return BEV_NEED_MORE;
 	}
+	if (mode == BEV_NORMAL)
+		return BEV_NEED_MORE; /* written by the flush that on_out_added schedules (see
+		                         above) */
 	while (evbuffer_get_length(src) > 0) {
 		int n = evbuffer_write(src, c->fd);
 		if (n > 0)

@@ -354,6 +354,37 @@ Test(forward, large_response_streamed)
 	}
 }
 
+/*
+ * A streamed answer ends its exchange: the next request on the same keep-alive connection is
+ * answered. (The end of a chunked stream, written at once to a client that keeps up, once left
+ * evhttp waiting forever for a "written" it had already missed.)
+ */
+Test(forward, keep_alive_after_streamed_answer)
+{
+	const char *targets[] = { "/mock/big?bytes=2000000&chunked=1", "/mock/big?bytes=2000000" };
+	const size_t n_targets = sizeof(targets) / sizeof(targets[0]);
+	int fd = httpc_connect(fx.proxy_addr);
+
+	cr_assert_geq(fd, 0);
+	for (size_t i = 0; i < 2 * n_targets; i++) {
+		const char *target = targets[i % n_targets];
+		struct httpc_response r = { 0 };
+		char rq[256], got[65];
+		int n = snprintf(rq, sizeof(rq), "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", target);
+
+		cr_assert_eq(httpc_send_all(fd, rq, (size_t)n), 0);
+		cr_assert_eq(httpc_read_response(fd, &r, false, TIMEOUT_MS), 0,
+		             "request %zu (%s): no answer on the kept-alive connection", i, target);
+		cr_expect_eq(r.status, 200, "%s", target);
+		sha256_hex(r.body, r.body_len, got);
+		cr_expect_str_eq(got, httpc_header(&r, "X-Mock-Sha256"), "%s: body differs",
+		                 target);
+		cr_assert(!r.closed, "request %zu: the proxy closed the connection", i);
+		httpc_response_free(&r);
+	}
+	httpc_close(fd);
+}
+
 /* HEAD answers carry the upstream's Content-Length and no body. */
 Test(forward, head_request)
 {
