@@ -435,14 +435,31 @@ static void on_x_timer(evutil_socket_t fd, short what, void *arg)
 	finish(x, UPSTREAM_ERR_TIMEOUT, x->detail);
 }
 
-/* Output buffer watcher: the first drained byte means connected (and TLS done). */
+/*
+ * Output buffer watcher: the first drained byte means connected (and TLS done). Every later one
+ * is a request body still going out: the wait for the answer's head (timeout_ms) starts again,
+ * so that it counts from the last byte handed to the kernel, as upstream.timeout says, and a
+ * large upload that keeps moving is not cut however long it takes (one that stops is, after
+ * timeout_ms).
+ */
 static void on_output_drained(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
 {
 	struct upstream_conn *c = arg;
 	struct upstream_exchange *x = c->x;
 
-	if (info->n_deleted == 0 || !x || x->started)
+	if (info->n_deleted == 0 || !x)
 		return;
+	if (x->started) {
+		if (x->phase == X_WAIT_HEAD && !x->cancelled) {
+			struct timeval tv;
+			timeval_ms(&tv, x->up->set.timeout_ms);
+			event_add(x->timer, &tv);
+			/* evhttp's own read timeout (the same value) runs while the request goes
+			 * out, with nothing to read yet: it starts again too. */
+			bufferevent_set_timeouts(c->bev, &tv, &tv);
+		}
+		return;
+	}
 	x->started = true;
 	if (x->cbs->on_sent && !x->cancelled)
 		x->cbs->on_sent(x, x->arg);

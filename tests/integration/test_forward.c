@@ -16,6 +16,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <criterion/criterion.h>
 #include <jansson.h>
 #include <openssl/evp.h>
@@ -789,6 +793,107 @@ Test(upstream_errors, slow_upstream_gives_504)
 	/* The proxy serves on. */
 	req("GET", "/contacts/", NULL, NULL, 0, &r);
 	cr_expect_eq(r.status, 200);
+	httpc_response_free(&r);
+	stop_clean();
+}
+
+/* An upstream that reads a request slowly (128 KiB per 50 ms, through a small receive buffer),
+ * then answers "ok". */
+struct slow_reader {
+	int lfd;
+	size_t want; /* header block plus body */
+	size_t got;
+};
+
+static void *slow_reader_main(void *arg)
+{
+	struct slow_reader *s = arg;
+	int fd = accept(s->lfd, NULL, NULL);
+	char *buf = malloc(131072);
+	const char ok[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+
+	if (fd < 0 || !buf) {
+		free(buf);
+		return NULL;
+	}
+	for (int64_t end = harness_now_ms() + 30000; s->got < s->want && harness_now_ms() < end;) {
+		ssize_t n = read(fd, buf, 131072);
+		if (n <= 0)
+			break;
+		s->got += (size_t)n;
+		usleep(50 * 1000);
+	}
+	if (s->got >= s->want)
+		(void)!write(fd, ok, sizeof(ok) - 1);
+	close(fd);
+	free(buf);
+	return NULL;
+}
+
+/*
+ * upstream.timeout runs from the last byte of the request written to the answer's head: an upload
+ * that keeps moving for three times as long is not cut (it once ran from the first byte, and a
+ * large upload on a slow link got a 504 midway). "Written" is handed to the kernel, which holds
+ * up to 4 MiB more here (tcp_wmem), delivered in under 2 s: the timeout is 3 s.
+ */
+Test(upstream_errors, slow_upload_is_not_cut)
+{
+	struct sockaddr_in sa = { .sin_family = AF_INET,
+		                  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t sl = sizeof(sa);
+	int rcvbuf = 131072, one = 1;
+	const size_t body_len = 24u << 20;
+	char conf[256];
+	struct slow_reader s = { .lfd = socket(AF_INET, SOCK_STREAM, 0) };
+	pthread_t th;
+	struct httpc_response r;
+
+	cr_assert_geq(s.lfd, 0);
+	setsockopt(s.lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	setsockopt(s.lfd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+	cr_assert_eq(bind(s.lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	cr_assert_eq(listen(s.lfd, 4), 0);
+	cr_assert_eq(getsockname(s.lfd, (struct sockaddr *)&sa, &sl), 0);
+	fixture_start(&fx, &(struct fixture_opts){ .proxy_conf = "[upstream]\ntimeout = 3s\n",
+	                                           .no_proxy = true });
+	/* The API 2.0 upstream is the slow reader: the generated url line is replaced. */
+	FILE *f = fopen(fx.conf_path, "r");
+	char text[8192], line[512];
+	size_t used = 0;
+	bool replaced = false;
+	cr_assert(f);
+	while (fgets(line, sizeof(line), f)) {
+		if (!replaced && strncmp(line, "url = ", 6) == 0) {
+			snprintf(conf, sizeof(conf), "url = http://127.0.0.1:%d\n",
+			         ntohs(sa.sin_port));
+			snprintf(line, sizeof(line), "%s", conf);
+			replaced = true;
+		}
+		used += (size_t)snprintf(text + used, sizeof(text) - used, "%s", line);
+		cr_assert_lt(used, sizeof(text));
+	}
+	fclose(f);
+	cr_assert(replaced, "no url line in %s", fx.conf_path);
+	f = fopen(fx.conf_path, "w");
+	cr_assert(f);
+	fputs(text, f);
+	fclose(f);
+	cr_assert_eq(fixture_start_proxy(&fx, NULL), 0, "the proxy did not start");
+	char *body = calloc(1, body_len);
+	cr_assert(body);
+	s.want = body_len; /* at least: the header block comes on top */
+	pthread_create(&th, NULL, slow_reader_main, &s);
+	int64_t t0 = harness_now_ms();
+	req("POST", "/medias/upload-file", "Content-Type: application/octet-stream\r\n", body,
+	    body_len, &r);
+	int64_t took = harness_now_ms() - t0;
+	pthread_join(th, NULL);
+	close(s.lfd);
+	free(body);
+	cr_expect_eq(r.status, 200, "a moving upload was cut (%d after %lld ms)", r.status,
+	             (long long)took);
+	cr_expect_geq(took, 6000, "the upload was not slow (%lld ms): the test proves nothing",
+	              (long long)took);
 	httpc_response_free(&r);
 	stop_clean();
 }
