@@ -144,6 +144,9 @@ static void sweep_bucket(struct limiter *l, uint32_t i, int64_t now)
 		    !(l->redis && limiter_redis_key_busy(k))) {
 			*pp = k->hnext;
 			l->n_keys--;
+			if (k->rd_daily && k->rd_daily != k)
+				k->rd_daily->n_refs--; /* freed by a later visit, if nothing else
+				                          holds it */
 			key_free(k);
 			continue;
 		}
@@ -443,7 +446,14 @@ bool limiter_acquire(struct limiter *l, const struct classify_result *key, int64
 	w->daily_key = d;
 	b->n_refs++;
 	d->n_refs++;
-	b->rd_daily = d;
+	if (b->rd_daily != d) {
+		/* Script calls about b name d's keys (merges may come long after its waiters). */
+		if (b->rd_daily && b->rd_daily != b)
+			b->rd_daily->n_refs--;
+		b->rd_daily = d;
+		if (d != b)
+			d->n_refs++;
+	}
 
 	if (b->mode == LK_LOCAL && l->redis && limiter_redis_reject_when_down(l->redis)) {
 		/* Shared limits that cannot be shared now: refuse rather than guess. */

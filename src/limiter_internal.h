@@ -25,7 +25,7 @@ enum lkey_mode {
 struct lkey {
 	struct lkey *hnext;
 	uint32_t hash;
-	uint32_t n_refs; /* waiters (queued or in flight) that point here */
+	uint32_t n_refs; /* waiters (queued or in flight), rd_daily of burst keys: here */
 	/*
 	 * Local mode: the key's windows. Shared mode: a mirror of Redis' state, in this process's
 	 * clock, as of the last script reply (what /status shows, and what slots ahead are
@@ -45,14 +45,16 @@ struct lkey {
 
 	/* Shared mode (limiter_redis.c). */
 	enum lkey_mode mode;
-	bool rd_busy;         /* an admit or merge call about this key is out: one at a time */
-	uint32_t rd_calls;    /* script calls out that refer to this key (it must stay) */
-	bool rd_again;        /* decide again when it comes back */
-	int64_t rd_fb_since;  /* fallback start (local ms), 0: never in fallback */
-	uint32_t rd_fb_daily; /* admissions made during fallback, for the daily count */
+	bool rd_busy;          /* an admit or merge call about this key is out: one at a time */
+	uint32_t rd_calls;     /* script calls out that refer to this key (it must stay) */
+	bool rd_again;         /* decide again when it comes back */
+	bool rd_share_pending; /* in fallback: share decisions again once all is merged */
+	int64_t rd_fb_since;   /* fallback start (local ms), 0: never in fallback */
+	uint32_t rd_fb_daily;  /* admissions made during fallback, for the daily count */
 	uint32_t rd_share; /* in fallback: the live proxies its limits are divided by (0: none) */
 	uint64_t rd_merged_n;  /* burst.n_recorded when Redis last had everything */
-	struct lkey *rd_daily; /* the daily key of this burst key's waiters (for script calls) */
+	struct lkey *rd_daily; /* the daily key of this burst key's waiters (for script calls), held
+	                        * by a reference while this key lives (NULL, or this key: none) */
 
 	char name[];
 };

@@ -78,7 +78,8 @@ enum {
 /*
  * Heartbeat: register this proxy (KEYS[1], a sorted set of live proxies), count the live ones,
  * and read (or, coming back from a fallback, set) the common rejoin time (KEYS[2]).
- * ARGV: id, ttl_ms, fell_back (0/1), grace_ms. Returns { live, ms until rejoin (0: now) }.
+ * ARGV: id, ttl_ms, fell_back (0/1), grace_ms.
+ * Returns { live, ms until rejoin (0: now), Redis' now in ms }.
  */
 static const char heartbeat_lua[] =
         "local t = redis.call('TIME')\n"
@@ -97,8 +98,8 @@ static const char heartbeat_lua[] =
         "    redis.call('SET', KEYS[2], ra, 'PX', grace)\n"
         "  end\n"
         "end\n"
-        "if ra > now then return { live, ra - now } end\n"
-        "return { live, 0 }\n";
+        "if ra > now then return { live, ra - now, now } end\n"
+        "return { live, 0, now }\n";
 
 struct limiter_redis {
 	struct limiter *l;
@@ -131,6 +132,8 @@ struct call {
 	enum op op;
 	uint32_t want;
 	int64_t t_sent_ms; /* local ms when the call was sent (admit: the decision is after it) */
+	uint64_t merged_from; /* merge: the key's rd_merged_n and rd_fb_daily before it was sent, */
+	uint32_t fb_daily;    /* given back if it does not go through */
 };
 
 static void fallback_key(struct lkey *k, void *arg);
@@ -321,6 +324,27 @@ static void on_admit(struct redis *rc, const redisReply *rep, const char *error,
 			redis_failed(r, b, error ? error : "no reply");
 		call_done(c);
 		if (b->mode == LK_LOCAL && b->qhead)
+			local_pump(b);
+		return;
+	}
+	if (b->mode != LK_SHARED) {
+		/*
+		 * The key fell back while this call was out (Redis lost, or other proxies coming
+		 * back): its windows are the local ones now, with their share and block, and the
+		 * reply must not replace them. Redis admitted `granted` of its waiters: they go,
+		 * and count in the local windows too (carried over again by the next merge: counted
+		 * twice in Redis, the safe side). The others wait for local decisions.
+		 */
+		int64_t granted = reply_int(rep, R_GRANTED);
+		call_done(c);
+		b->rd_again = false;
+		for (int64_t i = 0; i < granted && b->qhead; i++) {
+			struct limiter_waiter *w = b->qhead;
+			if (lk_record(w, now) < 0)
+				break;
+			lk_admitted(w, now, now > w->enqueued_ms);
+		}
+		if (b->qhead)
 			local_pump(b);
 		return;
 	}
@@ -516,6 +540,7 @@ static void share_key(struct lkey *k)
 	k->rd_fb_since = 0;
 	k->rd_fb_daily = 0;
 	k->rd_share = 0;
+	k->rd_share_pending = false;
 	log_debug("key=%s rejoined the shared limiter", k->name);
 	if (k->qhead)
 		limiter_redis_pump(k);
@@ -523,27 +548,38 @@ static void share_key(struct lkey *k)
 
 static void merge_key(struct lkey *k, bool then_share);
 
+/*
+ * A merge that did not go through: what it carried is unmerged again and goes with the next one
+ * (the key's merges go one at a time, and a key in fallback does not fall back again, so nothing
+ * else moved these counters meanwhile but new admissions). A key waiting to share decisions
+ * tries again at the next heartbeat.
+ */
+static void merge_failed(struct lkey *k, const struct call *c)
+{
+	k->rd_merged_n = c->merged_from;
+	k->rd_fb_daily += c->fb_daily;
+	if (k->rd_share_pending)
+		c->r->fell_back = true;
+}
+
 static void on_merged(struct redis *rc, const redisReply *rep, const char *error, void *arg)
 {
 	struct call *c = arg;
 	struct limiter_redis *r = c->r;
 	struct lkey *b = c->b;
-	bool then_share = c->want == 1;
 
 	b->rd_busy = false;
-	call_done(c);
+	b->rd_again = false;
 	if (error || !rep || rep->type != REDIS_REPLY_ARRAY) {
-		/* Not carried over: they stay unmerged and go with the next merge. */
 		metrics_inc(M_REDIS_ERRORS);
+		merge_failed(b, c);
+		call_done(c);
 		return;
 	}
-	if (b->rd_again) {
-		b->rd_again = false;
-		merge_key(b, then_share);
-		return;
-	}
-	if (then_share && b->mode == LK_LOCAL && r->up)
-		share_key(b);
+	call_done(c);
+	/* What was admitted meanwhile goes next; once all is there, the key shares if asked to. */
+	if (b->mode == LK_LOCAL && r->up)
+		merge_key(b, false);
 }
 
 /*
@@ -555,16 +591,24 @@ static void merge_key(struct lkey *k, bool then_share)
 	struct limiter_redis *r = k->l->redis;
 	struct args a;
 	int64_t now = util_now_ms();
-	uint64_t unmerged = k->burst.n_recorded - k->rd_merged_n;
+	uint64_t unmerged =
+	        k->burst.n_recorded > k->rd_merged_n ? k->burst.n_recorded - k->rd_merged_n : 0;
 
-	if (k->mode != LK_LOCAL || !r->have_offset)
+	if (k->mode != LK_LOCAL)
 		return;
+	if (then_share)
+		k->rd_share_pending = true; /* kept until it happens: a merge out now, or failing */
+	if (!r->have_offset) {
+		r->fell_back = true; /* Redis' clock not known yet: the next heartbeat brings it */
+		return;
+	}
 	if (k->rd_busy) {
 		k->rd_again = true;
 		return;
 	}
 	if (unmerged == 0 && k->rd_fb_daily == 0) {
-		if (then_share)
+		/* Shared decisions only while they are allowed (not during a rejoin period). */
+		if (k->rd_share_pending && limiter_redis_up(r))
 			share_key(k);
 		return;
 	}
@@ -572,21 +616,24 @@ static void merge_key(struct lkey *k, bool then_share)
 	struct call *c = call_new(r, k, d, OP_MERGE);
 	if (!c)
 		return;
-	c->want = then_share;
+	c->merged_from = k->rd_merged_n;
+	c->fb_daily = k->rd_fb_daily;
 	args_begin(&a, r, k, d, "merge");
 	arg_num(&a, k->rd_fb_daily);
-	/* The newest `unmerged` ring entries, oldest first, in Redis' clock. */
-	uint32_t n = (uint32_t)MIN(unmerged, (uint64_t)k->burst.len);
+	/* The newest `unmerged` ring entries, oldest first, in Redis' clock; what does not fit in
+	 * one call (the newest) stays unmerged and goes with the next. */
+	uint32_t n = (uint32_t)MIN(unmerged, (uint64_t)k->burst.len), sent = 0;
 	for (uint32_t i = k->burst.len - n; i < k->burst.len && a.n < (int)ARRAY_SIZE(a.v) - 1;
-	     i++) {
+	     i++, sent++) {
 		int64_t t = k->burst.ring[(k->burst.head + i) % k->burst.cap];
 		arg_num(&a, MIN(t, now) + r->clock_offset_ms);
 	}
-	k->rd_merged_n = k->burst.n_recorded;
+	k->rd_merged_n = k->burst.n_recorded - (n - sent);
 	k->rd_fb_daily = 0;
 	k->rd_busy = true;
 	if (redis_evalsha(r->rc, &r->script, 4, a.n - 4, a.v, a.len, on_merged, c) < 0) {
 		k->rd_busy = false;
+		merge_failed(k, c);
 		call_done(c);
 	}
 }
@@ -707,8 +754,15 @@ static void on_heartbeat(struct redis *rc, const redisReply *rep, const char *er
 		set_down(r);
 		return;
 	}
-	int64_t live = reply_int(rep, 0), rejoin_in = reply_int(rep, 1);
+	int64_t live = reply_int(rep, 0), rejoin_in = reply_int(rep, 1),
+	        redis_now = reply_int(rep, 2);
 	r->live = live > 0 ? (uint32_t)live : 1;
+	if (redis_now > 0) {
+		/* Redis' clock, which merges need: a key that fell back before any script reply
+		 * (this proxy started while Redis was down) has no other way to learn it. */
+		r->clock_offset_ms = redis_now - util_now_ms();
+		r->have_offset = true;
+	}
 	set_reachable(r, rejoin_in);
 }
 
@@ -852,7 +906,8 @@ void limiter_redis_set_config(struct limiter_redis *r, const struct config *cfg)
 
 bool limiter_redis_key_busy(const struct lkey *k)
 {
-	return k->rd_calls > 0 || k->rd_busy;
+	/* Also kept: a key in fallback whose admissions Redis' daily count has not seen yet. */
+	return k->rd_calls > 0 || k->rd_busy || (k->mode == LK_LOCAL && k->rd_fb_daily > 0);
 }
 
 bool limiter_redis_up(const struct limiter_redis *r)

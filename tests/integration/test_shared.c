@@ -445,3 +445,71 @@ Test(shared, on_redis_down_reject)
 	             body);
 	free_keys(&k);
 }
+
+/*
+ * Proxies started while Redis is down decide alone (each with all of N: no other proxy is known
+ * to be alive); when Redis comes, they go back to shared decisions at the common rejoin time,
+ * with the keys they made during the outage too. (A proxy that had never had a script reply
+ * did not know Redis' clock, could not carry its admissions over, and kept those keys local for
+ * good: two proxies then sent 2N per window.) Judged by the oracle on a run after the rejoin.
+ */
+Test(shared, started_before_redis)
+{
+	struct keys k;
+	struct run run = { .n_proxies = 2, .lock = PTHREAD_MUTEX_INITIALIZER };
+	const char *env[] = { "GHLPROXY_LIMITS_BACKEND=redis", NULL };
+	char sock[300], extra[600];
+
+	fixture_start(&fx,
+	              &(struct fixture_opts){
+	                      .mock_args = "--limit 20 --window-ms 2000 --jitter-ms 20",
+	                      .proxy_conf = "[limits]\nburst = 20\nwindow = 2s\nguard = 50ms\n",
+	                      .no_proxy = true,
+	              });
+	/* Where Redis will listen: started once for its socket path, then gone. */
+	redis = fixture_redis_start(fx.dir, "redis", NULL, redis_sock, sizeof(redis_sock));
+	cr_assert(redis, "redis-server did not start");
+	harness_kill(redis, SIGKILL);
+	harness_wait_exit(redis, 10000);
+	harness_proc_free(redis);
+	redis = NULL;
+	unlink(redis_sock);
+	snprintf(extra, sizeof(extra),
+	         "[redis]\nurl = unix://%s\ncommand_timeout = 500ms\nconnect_timeout = 500ms\n",
+	         redis_sock);
+	for (int i = 0; i < 2; i++) {
+		char name[16];
+		snprintf(name, sizeof(name), "proxy%d", i);
+		proxies[i] = fixture_spawn_proxy(&fx, name, extra, (char **)env, addrs[i],
+		                                 sizeof(addrs[i]), admins[i], sizeof(admins[i]));
+		cr_assert(proxies[i], "proxy %d did not start", i);
+	}
+	make_keys(&k);
+	run.k = &k;
+	run_clients(&run, 8, 4000); /* the keys are made, and decided alone */
+	for (int i = 0; i < 2; i++)
+		cr_expect_geq(fixture_metric_at(admins[i], "ghlproxy_redis_fallbacks_total"), 1,
+		              "proxy %d did not decide alone", i);
+
+	redis = fixture_redis_start(fx.dir, "redis", NULL, sock, sizeof(sock));
+	cr_assert(redis, "redis did not start");
+	/* Reached, then the common rejoin time: REJOIN_LAG_MS (7 s) + W + guard after. */
+	for (int i = 0; i < 2; i++) {
+		int64_t until = harness_now_ms() + 30000;
+		while (fixture_metric_at(admins[i], "ghlproxy_redis_fallback") != 0 &&
+		       harness_now_ms() < until)
+			usleep(50000);
+		cr_assert_eq(fixture_metric_at(admins[i], "ghlproxy_redis_fallback"), 0,
+		             "proxy %d never rejoined", i);
+	}
+	usleep(500 * 1000); /* the merges of the rejoin go through */
+	fixture_mock_reset(fx.mock_ctl);
+	memset(run.by_status, 0, sizeof(run.by_status));
+	run_clients(&run, 8, 10000);
+	cr_expect_eq(run.errors, 0);
+	json_t *log = oracle_fetch_log(fx.mock_ctl);
+	expect_contract(log, k.mock_key[0], "after the rejoin, key 0", 0.85);
+	expect_contract(log, k.mock_key[1], "after the rejoin, key 1", 0.85);
+	json_decref(log);
+	free_keys(&k);
+}
