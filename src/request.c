@@ -267,6 +267,10 @@ static void add_proxy_headers(struct proxy_req *p, struct evkeyvalq *out)
 
 	snprintf(buf, sizeof(buf), "%lld", (long long)p->wait_ms);
 	evhttp_add_header(out, "X-GHL-Proxy-Wait-Ms", buf);
+	/* Draining (SIGTERM): the client sends its next request elsewhere, not into a socket that
+	 * is about to close (evhttp closes the connection after this answer). */
+	if (p->px->draining)
+		evhttp_add_header(out, "Connection", "close");
 }
 
 /* Move the upstream's head into the client's reply headers (both lists are evhttp's, allocated

@@ -376,6 +376,8 @@ Test(lifecycle, drain_answers_queued_503_lets_in_flight_finish)
 		             "queued request %d got no answer", i);
 		cr_expect_eq(r.status, 503);
 		cr_expect(httpc_header(&r, "Retry-After") != NULL);
+		cr_expect_str_eq(httpc_header(&r, "Connection"), "close",
+		                 "a keep-alive answer while draining");
 		json_t *b = json_loadb((const char *)r.body, r.body_len, 0, NULL);
 		cr_expect_eq(json_integer_value(json_object_get(b, "statusCode")), 503);
 		json_decref(b);
@@ -389,6 +391,9 @@ Test(lifecycle, drain_answers_queued_503_lets_in_flight_finish)
 		cr_assert_eq(httpc_read_response(slow[i], &r, false, 10000), 0,
 		             "in-flight request %d was cut", i);
 		cr_expect_eq(r.status, 200);
+		cr_expect_str_eq(httpc_header(&r, "Connection"), "close",
+		                 "a keep-alive answer while draining");
+		cr_expect(r.closed, "the connection stayed open after the drain's answer");
 		httpc_response_free(&r);
 		httpc_close(slow[i]);
 	}
