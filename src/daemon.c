@@ -601,6 +601,7 @@ static void on_term(evutil_socket_t sig, short what, void *arg)
 	d->px.draining = true;
 	metrics_set(M_DRAINING, 1);
 	server_stop_accepting(d->srv);
+	server_close_idle(d->srv);
 	d->drain_deadline_ms = util_now_ms() + timeout_ms;
 	/*
 	 * Admission stops a little before the end, so the last admitted requests have time for

@@ -956,6 +956,22 @@ void server_stop_accepting(struct server *srv)
 	}
 }
 
+void server_close_idle(struct server *srv)
+{
+	struct server_conn *c, *next;
+
+	for (c = TAILQ_FIRST(&srv->conns); c; c = next) {
+		next = TAILQ_NEXT(c, link); /* closing c frees it, and only it */
+		if (c->guard_dead || c->refuse || c->guard.in_message ||
+		    c->n_passed > c->n_answered)
+			continue;
+		/* As the idle timeout closes one: no answer, evhttp frees it on this EOF. */
+		conn_register_fd(c);
+		c->guard_dead = true;
+		bufferevent_trigger_event(c->filter, BEV_EVENT_EOF | BEV_EVENT_READING, 0);
+	}
+}
+
 uint32_t server_n_connections(const struct server *srv)
 {
 	return srv->n_conns;

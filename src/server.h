@@ -64,6 +64,10 @@ const char *server_addresses(const struct server *srv);
 /* Stop accepting new connections (drain). Existing ones go on. */
 void server_stop_accepting(struct server *srv);
 
+/* Close the connections with no request under way (drain): a client's next request then opens
+ * a new connection, elsewhere, instead of meeting one that closes under it at exit. */
+void server_close_idle(struct server *srv);
+
 /* Connections currently open. */
 uint32_t server_n_connections(const struct server *srv);
 

@@ -12,6 +12,7 @@
  *   - /readyz: 200 when the upstream resolves, 503 with the reason when it does not or when
  *     Redis is unreachable.
  */
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -350,9 +351,19 @@ Test(lifecycle, drain_answers_queued_503_lets_in_flight_finish)
 	int slow[2], queued[3];
 
 	fixture_start(&fx, &o);
+	/* A keep-alive connection with nothing under way (its key is another location's): closed
+	 * when the drain starts. */
+	char *hi = jwt_headers("65f0a1b2c3d4e5f6a7b8c9e3", "LocDrainIdle000000001");
+	int idle = send_get("/contacts/idle", hi);
+	struct httpc_response ir = { 0 };
+	cr_assert_eq(httpc_read_response(idle, &ir, false, 5000), 0);
+	cr_assert_eq(ir.status, 200);
+	cr_assert(!ir.closed);
+	httpc_response_free(&ir);
+	free(hi);
 	for (int i = 0; i < 2; i++)
-		slow[i] = send_get("/mock/slow?ms=1500", h);
-	WAIT_UNTIL(fixture_mock_count(fx.mock_ctl) == 2, 10000);
+		slow[i] = send_get("/mock/slow?ms=3000", h);
+	WAIT_UNTIL(fixture_mock_count(fx.mock_ctl) == 3, 10000);
 	for (int i = 0; i < 3; i++)
 		queued[i] = send_get("/contacts/", h);
 	WAIT_UNTIL(queue_depth() == 3, 10000);
@@ -369,6 +380,17 @@ Test(lifecycle, drain_answers_queued_503_lets_in_flight_finish)
 	cr_expect_str_eq(json_string_value(json_object_get(f0, "check")), "draining");
 	json_decref(ready);
 
+	/* The idle connection is closed now, while the slow requests (3 s) are still in flight,
+	 * not when the process exits. */
+	{
+		char b;
+		ssize_t k = -1;
+		while (harness_now_ms() < t_term + 1000 && (k = read(idle, &b, 1)) < 0 &&
+		       (errno == EAGAIN || errno == EWOULDBLOCK))
+			usleep(10000);
+		cr_expect_eq(k, 0, "the idle keep-alive connection was not closed by the drain");
+		httpc_close(idle);
+	}
 	/* Their slots (20 s and 40 s away) are past the drain: 503 now, with Retry-After. */
 	for (int i = 0; i < 3; i++) {
 		struct httpc_response r = { 0 };
