@@ -182,15 +182,21 @@ static void file_words(struct words *w, const char *text, size_t len, const uint
 		/* [clients] x.resources / x.read_only values are settings, echoed on purpose */
 		if (in_map && !memmem(line, m, "resources", 9) && !memmem(line, m, "read_only", 9))
 			add_words(w, eq + 1, (size_t)(line + m - eq - 1), all, all_len);
-		/* a URL key's value with user info, in any section */
+		/* a URL key's value with user info, in any section: the value as inih reads it, up
+		 * to an inline comment (a ';' after whitespace), which may hold any '@' */
 		{
 			const char *k = line, *ke = eq;
+			size_t vlen = 0;
+			bool was_space = false;
 
+			while (eq + 1 + vlen < line + m && !(was_space && eq[1 + vlen] == ';')) {
+				was_space = isspace((unsigned char)eq[1 + vlen]);
+				vlen++;
+			}
 			while (ke > k && (ke[-1] == ' ' || ke[-1] == '\t'))
 				ke--;
-			if (is_url_key(k, (size_t)(ke - k)) &&
-			    memchr(eq, '@', (size_t)(line + m - eq)))
-				add_words(w, eq + 1, (size_t)(line + m - eq - 1), all, all_len);
+			if (is_url_key(k, (size_t)(ke - k)) && memchr(eq + 1, '@', vlen))
+				add_words(w, eq + 1, vlen, all, all_len);
 		}
 	}
 }
