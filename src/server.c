@@ -269,6 +269,15 @@ static void conn_inject(struct server_conn *c, struct evbuffer *dst, int status,
 	event_del(c->timer);
 }
 
+/* Close an idle connection without an answer (a 408 on a connection the client has not used
+ * yet would be read as the answer to the request it may be about to send); evhttp frees it on
+ * this EOF. */
+static void conn_close_idle(struct server_conn *c)
+{
+	c->guard_dead = true;
+	bufferevent_trigger_event(c->filter, BEV_EVENT_EOF | BEV_EVENT_READING, 0);
+}
+
 /* Inject from outside the filter (timers): evhttp must then be told there is input. */
 static void conn_inject_now(struct server_conn *c, int status, const char *reason)
 {
@@ -298,11 +307,8 @@ static void on_conn_timer(evutil_socket_t fd, short what, void *arg)
 	} else if (c->guard.in_message) {
 		conn_inject_now(c, 408, "request header timeout");
 	} else {
-		/* Idle keep-alive connection, or one that never sent a byte: close it without an
-		 * answer (a 408 on a connection the client has not used yet would be read as the
-		 * answer to the request it may be about to send); evhttp frees it on this EOF. */
-		c->guard_dead = true;
-		bufferevent_trigger_event(c->filter, BEV_EVENT_EOF | BEV_EVENT_READING, 0);
+		/* Idle keep-alive connection, or one that never sent a byte. */
+		conn_close_idle(c);
 	}
 }
 
@@ -965,10 +971,8 @@ void server_close_idle(struct server *srv)
 		if (c->guard_dead || c->refuse || c->guard.in_message ||
 		    c->n_passed > c->n_answered)
 			continue;
-		/* As the idle timeout closes one: no answer, evhttp frees it on this EOF. */
 		conn_register_fd(c);
-		c->guard_dead = true;
-		bufferevent_trigger_event(c->filter, BEV_EVENT_EOF | BEV_EVENT_READING, 0);
+		conn_close_idle(c);
 	}
 }
 
