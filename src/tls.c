@@ -3,7 +3,9 @@
  *
  * OpenSSL 3 reports an unexpected EOF (a peer closing without close_notify) as an error;
  * libevent 2.1.12 predates that, so SSL_OP_IGNORE_UNEXPECTED_EOF restores the old behaviour
- * (an EOF is then a clean end, and HTTP framing decides whether the body was complete).
+ * (an EOF is then a clean end, and HTTP framing decides whether the body was complete). For an
+ * answer that only the connection's close delimits, that is not enough: tls_watch_close_notify
+ * tells whether the close was the peer's close_notify or a bare TCP close.
  */
 #include "tls.h"
 
@@ -125,6 +127,25 @@ SSL *tls_client_new(SSL_CTX *ctx, const char *host, bool host_is_ip)
 fail:
 	SSL_free(ssl);
 	return NULL;
+}
+
+static void on_tls_message(int write_p, int version, int content_type, const void *buf, size_t len,
+                           SSL *ssl, void *arg)
+{
+	const unsigned char *b = buf;
+
+	(void)version;
+	(void)ssl;
+	/* An alert record is two bytes: level, description. */
+	if (!write_p && content_type == SSL3_RT_ALERT && len >= 2 && b[1] == SSL_AD_CLOSE_NOTIFY)
+		*(bool *)arg = true;
+}
+
+void tls_watch_close_notify(SSL *ssl, bool *seen)
+{
+	*seen = false;
+	SSL_set_msg_callback(ssl, on_tls_message);
+	SSL_set_msg_callback_arg(ssl, seen);
 }
 
 bool tls_describe_error(SSL *ssl, struct bufferevent *bev, char *buf, size_t len)

@@ -28,4 +28,11 @@ SSL *tls_client_new(SSL_CTX *ctx, const char *host, bool host_is_ip);
  */
 bool tls_describe_error(SSL *ssl, struct bufferevent *bev, char *buf, size_t len);
 
+/*
+ * Set *seen once the peer's close_notify alert arrives on `ssl` (seen must outlive ssl). With
+ * SSL_OP_IGNORE_UNEXPECTED_EOF a bare TCP close reads as a clean end too; only this tells an
+ * answer delimited by the connection's close from one cut short by it.
+ */
+void tls_watch_close_notify(SSL *ssl, bool *seen);
+
 #endif

@@ -62,6 +62,7 @@ struct upstream_conn {
 	bool in_graveyard; /* out of up->conns, freed at the next sweep */
 	bool is_freeing;   /* inside evhttp_connection_free: ignore its close callback */
 	bool session_saved;
+	bool close_notify; /* the server's TLS close_notify arrived (tls_watch_close_notify) */
 };
 
 struct upstream_exchange {
@@ -83,6 +84,7 @@ struct upstream_exchange {
 	bool in_send; /* inside upstream_send: evhttp may call back synchronously */
 	bool in_cb;   /* inside a head/body callback: evhttp must not be re-entered */
 	bool deferred_done;
+	bool ends_at_close; /* the answer has no length and no chunks: the close delimits it */
 	char detail[400];
 };
 
@@ -322,6 +324,20 @@ static void on_evhttp_error(enum evhttp_request_error e, void *arg)
 		x->err = diagnose(x, x->err);
 }
 
+/* Does only the connection's close end this answer (a body allowed, no length, no chunks)? */
+static bool answer_ends_at_close(const struct upstream_exchange *x, struct evhttp_request *req)
+{
+	int status = evhttp_request_get_response_code(req);
+	struct evkeyvalq *h = evhttp_request_get_input_headers(req);
+	const char *te = evhttp_find_header(h, "Transfer-Encoding");
+
+	if (x->rq.method == EVHTTP_REQ_HEAD || status < 200 || status == 204 || status == 304)
+		return false;
+	if (te && util_strcaseeq(te, "chunked"))
+		return false;
+	return evhttp_find_header(h, "Content-Length") == NULL;
+}
+
 static int on_evhttp_head(struct evhttp_request *req, void *arg)
 {
 	struct upstream_exchange *x = arg;
@@ -331,6 +347,8 @@ static int on_evhttp_head(struct evhttp_request *req, void *arg)
 		return -1;
 	event_del(x->timer);
 	x->phase = X_BODY;
+	/* Judged now: on_head may move the framing headers out of evhttp's list. */
+	x->ends_at_close = answer_ends_at_close(x, req);
 	if (x->conn && x->conn->ssl && !x->conn->session_saved) {
 		/* Keep a resumable session so the next new connection skips a full handshake. */
 		SSL_SESSION *s = SSL_get1_session(x->conn->ssl);
@@ -390,6 +408,18 @@ static void on_evhttp_done(struct evhttp_request *req, void *arg)
 			snprintf(x->detail, sizeof(x->detail), "%s:%d: connection failed",
 			         x->up->url.host, x->up->url.port);
 		finish(x, r, x->detail[0] ? x->detail : NULL);
+		return;
+	}
+	if (x->ends_at_close && x->conn && x->conn->ssl && !x->conn->close_notify) {
+		/* A bare TCP close ended an answer that only the close delimits: the server did not
+		 * say it was done (no close_notify), so the body may be cut short, by the server or
+		 * by anyone in between. Passed on, it would look whole. */
+		x->conn->is_dead = true;
+		snprintf(x->detail, sizeof(x->detail),
+		         "%s:%d: connection closed without TLS close_notify: an answer with no "
+		         "length may be cut short",
+		         x->up->url.host, x->up->url.port);
+		finish(x, UPSTREAM_ERR_CLOSED, x->detail);
 		return;
 	}
 	if (x->conn && evbuffer_get_length(bufferevent_get_input(x->conn->bev)) > 0) {
@@ -554,6 +584,7 @@ static struct upstream_conn *conn_new(struct upstream *up)
 			goto fail;
 		if (up->session)
 			SSL_set_session(c->ssl, up->session);
+		tls_watch_close_notify(c->ssl, &c->close_notify);
 		bev = bufferevent_openssl_socket_new(
 		        up->base, -1, c->ssl, BUFFEREVENT_SSL_CONNECTING,
 		        BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);

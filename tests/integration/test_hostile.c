@@ -12,8 +12,9 @@
  *    memory that 1,000 idle connections cost (the proxy's RSS from /proc).
  *  - hostile upstream: an oversized header block, truncated bodies (buffered and streamed), a
  *    connection closed without an answer, bytes past the end of a body, a TLS server that offers
- *    only TLS 1.0/1.1, a certificate for another name: a clear JSON 502 (or, once the head has
- *    gone out, a cut connection), and the proxy serves on.
+ *    only TLS 1.0/1.1, a certificate for another name, an answer with no length ended by a bare
+ *    TCP close instead of close_notify: a clear JSON 502 (or, once the head has gone out, a cut
+ *    connection), and the proxy serves on.
  *  - hostile tokens and bodies given to classification: classified by the fallback rules, read
  *    from the request log's key field, and answered.
  *
@@ -875,6 +876,9 @@ Test(hostile_upstream, bytes_past_the_body)
 /*
  * A minimal TLS server in a thread: accepts connections, handshakes with the given version
  * range and certificate, and to a handshake that succeeds answers one HTTP request with 200.
+ * The answer has a Content-Length, unless unframed_len is set: then it is that many bytes
+ * (unframed_byte(i)) that only the connection's close delimits. The server ends each
+ * connection with close_notify, unless bare_close is set: then with a bare TCP close.
  */
 struct tls_srv {
 	SSL_CTX *ctx;
@@ -883,7 +887,37 @@ struct tls_srv {
 	pthread_t th;
 	atomic_bool stop;
 	atomic_int n_accepted, n_handshakes, n_requests;
+	atomic_size_t unframed_len;
+	atomic_bool bare_close;
 };
+
+static char unframed_byte(size_t i)
+{
+	return (char)('a' + i % 26);
+}
+
+static void tls_srv_answer(struct tls_srv *s, SSL *ssl)
+{
+	static const char framed[] = "HTTP/1.1 200 OK\r\nContent-Type: "
+	                             "application/json\r\nContent-Length: 15\r\n"
+	                             "Connection: close\r\n\r\n{\"tls\":\"fine\"}\n";
+	static const char head[] = "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+	                           "Connection: close\r\n\r\n";
+	size_t n = atomic_load(&s->unframed_len);
+
+	if (n == 0) {
+		SSL_write(ssl, framed, sizeof(framed) - 1);
+		return;
+	}
+	char *body = malloc(n);
+	if (!body)
+		return;
+	for (size_t i = 0; i < n; i++)
+		body[i] = unframed_byte(i);
+	if (SSL_write(ssl, head, sizeof(head) - 1) > 0)
+		SSL_write(ssl, body, (int)n);
+	free(body);
+}
 
 static void *tls_srv_main(void *arg)
 {
@@ -915,14 +949,13 @@ static void *tls_srv_main(void *arg)
 					break;
 			}
 			if (got > 0) {
-				static const char ans[] =
-				        "HTTP/1.1 200 OK\r\nContent-Type: "
-				        "application/json\r\nContent-Length: 15\r\n"
-				        "Connection: close\r\n\r\n{\"tls\":\"fine\"}\n";
 				atomic_fetch_add(&s->n_requests, 1);
-				SSL_write(ssl, ans, sizeof(ans) - 1);
+				tls_srv_answer(s, ssl);
 			}
-			SSL_shutdown(ssl);
+			if (atomic_load(&s->bare_close))
+				shutdown(fd, SHUT_WR); /* FIN, no close_notify */
+			else
+				SSL_shutdown(ssl);
 		}
 		ERR_clear_error();
 		SSL_free(ssl);
@@ -1067,6 +1100,68 @@ Test(hostile_upstream, certificate_for_another_name)
 	cr_expect_eq(fixture_mock_count(fx.mock_v1_ctl), 0);
 	cr_expect_eq(fixture_stop_proxy(&fx), 0);
 	tls_srv_stop(&bad);
+	fixture_stop(&fx);
+}
+
+/* Is r a 200 whose body is exactly n bytes of unframed_byte? */
+static bool unframed_answer_whole(const struct httpc_response *r, size_t n)
+{
+	if (r->status != 200 || r->body_len != n || !r->body)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (((const char *)r->body)[i] != unframed_byte(i))
+			return false;
+	return true;
+}
+
+/*
+ * An answer with neither a length nor chunks ends where its connection does. Over TLS the
+ * server's close_notify says the end is real; a bare TCP close may have cut the answer short
+ * (the proxy treats an unexpected EOF as an end, see tls.c), so such an answer is never passed
+ * on as whole: a JSON 502 while it is buffered, a cut connection once its head is out. Both
+ * sizes: one the proxy buffers, one it streams (over 256 KiB).
+ */
+Test(hostile_upstream, unframed_tls_answer_needs_close_notify)
+{
+	struct fixture_opts o = { .no_proxy = true };
+	static const size_t sizes[] = { 20, 300000 };
+	struct tls_srv srv;
+	struct httpc_response r;
+
+	fixture_start(&fx, &o);
+	harness_secret("v1-api-key-hostile");
+	tls_srv_start(&srv, fx.dir, "srv-", TLS1_2_VERSION, TLS1_3_VERSION);
+	proxy_with_v1_at(&srv, NULL);
+	for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+		size_t n = sizes[k];
+
+		atomic_store(&srv.unframed_len, n);
+		atomic_store(&srv.bare_close, false);
+		cr_assert_eq(req("GET", "/v1/contacts/", V1_AUTH, NULL, 0, &r), 0, "%zu bytes", n);
+		cr_expect(unframed_answer_whole(&r, n),
+		          "%zu bytes ended by close_notify: status %d, %zu bytes", n, r.status,
+		          r.body_len);
+		httpc_response_free(&r);
+
+		atomic_store(&srv.bare_close, true);
+		int rc = req("GET", "/v1/contacts/", V1_AUTH, NULL, 0, &r);
+		if (n < 256 * 1024) {
+			cr_assert_eq(rc, 0, "%zu bytes, bare close: no answer", n);
+			expect_json_error(&r, 502, "unframed answer ended by a bare close");
+			cr_expect(r.body && strstr((const char *)r.body, "close_notify"), "%s",
+			          r.body ? (const char *)r.body : "");
+		} else {
+			/* Every byte may have arrived; the missing last chunk says it is not whole.
+			 */
+			cr_expect_neq(rc, 0, "%zu bytes cut by a bare close looked complete (%d)",
+			              n, r.status);
+		}
+		httpc_response_free(&r);
+		expect_serving("after an unframed TLS answer");
+	}
+	cr_expect_eq(atomic_load(&srv.n_requests), 4);
+	cr_expect_eq(fixture_stop_proxy(&fx), 0);
+	tls_srv_stop(&srv);
 	fixture_stop(&fx);
 }
 
