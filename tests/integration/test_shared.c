@@ -2,7 +2,7 @@
  * test_shared.c: several proxies sharing one Redis keep the limiter contract together, as if they
  * were one: judged by the window oracle over what the strict mock upstream recorded, with a proxy
  * whose clock is skewed, and with Redis killed and restarted (and its script cache flushed)
- * mid-run.
+ * mid-run. Single paths of the fallback, made to happen on purpose: merges that fail.
  */
 #include <pthread.h>
 #include <signal.h>
@@ -511,5 +511,77 @@ Test(shared, started_before_redis)
 	expect_contract(log, k.mock_key[0], "after the rejoin, key 0", 0.85);
 	expect_contract(log, k.mock_key[1], "after the rejoin, key 1", 0.85);
 	json_decref(log);
+	free_keys(&k);
+}
+
+/* One Redis command on the test's own connection to the shared Redis (caller frees). */
+static redisReply *redis_do(const char *fmt, const char *arg)
+{
+	redisContext *c = redisConnectUnix(redis_sock);
+	cr_assert(c && !c->err, "cannot reach the test's Redis");
+	redisReply *rep = redisCommand(c, fmt, arg);
+	redisFree(c);
+	cr_assert(rep, "no reply to %s", fmt);
+	return rep;
+}
+
+/* The name of the one Redis key matching `pattern`. */
+static void redis_only_key(const char *pattern, char *out, size_t len)
+{
+	redisReply *rep = redis_do("KEYS %s", pattern);
+	cr_assert_eq(rep->type, REDIS_REPLY_ARRAY);
+	cr_assert_eq(rep->elements, 1, "%zu keys match %s", rep->elements, pattern);
+	snprintf(out, len, "%s", rep->element[0]->str);
+	freeReplyObject(rep);
+}
+
+static void wait_metric(const char *admin, const char *series, double want, int64_t within_ms)
+{
+	int64_t until = harness_now_ms() + within_ms;
+
+	while (fixture_metric_at(admin, series) != want && harness_now_ms() < until)
+		usleep(50000);
+	cr_assert_eq(fixture_metric_at(admin, series), want, "%s never became %g", series, want);
+}
+
+/*
+ * A merge that fails carries nothing away: what it held goes with the next one. The key's daily
+ * hash is made the wrong type in Redis, so its admission fails and the key decides alone (Redis
+ * itself stays up); its admissions then cannot be carried over, merge after merge, until the
+ * hash is deleted. The next merge must bring every one of them: Redis' daily count then equals
+ * the calls forwarded meanwhile. (Before, each failed merge dropped what it carried.)
+ */
+Test(shared, failed_merges_are_carried_by_the_next)
+{
+	struct keys k;
+	char daily[512];
+	const int n_alone = 6;
+
+	start(1, NULL);
+	make_keys(&k);
+	cr_assert_eq(get_status(addrs[0], k.auth[0], NULL, 0), 200);
+	redis_only_key("ghlproxy:*:d", daily, sizeof(daily));
+	freeReplyObject(redis_do("DEL %s", daily));
+	freeReplyObject(redis_do("SET %s not-a-hash", daily));
+	double errors0 = fixture_metric_at(admins[0], "ghlproxy_redis_errors_total");
+
+	int before = fixture_mock_count(fx.mock_ctl);
+	for (int i = 0; i < n_alone; i++)
+		cr_assert_eq(get_status(addrs[0], k.auth[0], NULL, 0), 200, "call %d", i);
+	cr_assert_eq(fixture_mock_count(fx.mock_ctl) - before, n_alone);
+	cr_assert_eq(fixture_metric_at(admins[0], "ghlproxy_redis_fallback"), 1,
+	             "the key did not decide alone");
+	/* Heartbeats come each second, each with a merge that fails. */
+	usleep(2500 * 1000);
+	double errors = fixture_metric_at(admins[0], "ghlproxy_redis_errors_total") - errors0;
+	cr_expect_geq(errors, 3, "%g Redis errors: the merges did not fail", errors);
+
+	freeReplyObject(redis_do("DEL %s", daily));
+	wait_metric(admins[0], "ghlproxy_redis_fallback", 0, 30000);
+	redisReply *tot = redis_do("HGET %s tot", daily);
+	cr_assert_eq(tot->type, REDIS_REPLY_STRING, "no daily count in Redis after the rejoin");
+	cr_expect_eq(atoi(tot->str), n_alone, "Redis counts %s of the %d calls made alone",
+	             tot->str, n_alone);
+	freeReplyObject(tot);
 	free_keys(&k);
 }
