@@ -2,7 +2,8 @@
  * test_shared.c: several proxies sharing one Redis keep the limiter contract together, as if they
  * were one: judged by the window oracle over what the strict mock upstream recorded, with a proxy
  * whose clock is skewed, and with Redis killed and restarted (and its script cache flushed)
- * mid-run. Single paths of the fallback, made to happen on purpose: merges that fail.
+ * mid-run. Single paths of the fallback, made to happen on purpose: merges that fail, and an
+ * admission that Redis answers after its key fell back.
  */
 #include <pthread.h>
 #include <signal.h>
@@ -28,6 +29,8 @@ static struct harness_proc *redis;
 static char redis_sock[300];
 static struct harness_proc *proxies[N_PROXIES];
 static char addrs[N_PROXIES][128], admins[N_PROXIES][128];
+/* The proxies' [redis] timeouts (a test that pauses Redis on purpose sets longer ones). */
+static const char *redis_timeouts = "command_timeout = 500ms\nconnect_timeout = 500ms\n";
 
 static void stop(void)
 {
@@ -70,9 +73,7 @@ static void start_env(int n, const int *skew_ms, const char *env_extra)
 	fixture_start(&fx, &o);
 	redis = fixture_redis_start(fx.dir, "redis", NULL, redis_sock, sizeof(redis_sock));
 	cr_assert(redis, "redis-server did not start");
-	snprintf(extra, sizeof(extra),
-	         "[redis]\nurl = unix://%s\ncommand_timeout = 500ms\nconnect_timeout = 500ms\n",
-	         redis_sock);
+	snprintf(extra, sizeof(extra), "[redis]\nurl = unix://%s\n%s", redis_sock, redis_timeouts);
 	for (int i = 0; i < n; i++) {
 		char name[16], skew[64];
 		char *env[] = { "GHLPROXY_LIMITS_BACKEND=redis", skew, (char *)env_extra, NULL };
@@ -583,5 +584,64 @@ Test(shared, failed_merges_are_carried_by_the_next)
 	cr_expect_eq(atoi(tot->str), n_alone, "Redis counts %s of the %d calls made alone",
 	             tot->str, n_alone);
 	freeReplyObject(tot);
+	free_keys(&k);
+}
+
+/* get_status, and how long it took (ms). */
+static int timed_status(const char *addr, const char *auth, int64_t *took_ms)
+{
+	int64_t t0 = harness_now_ms();
+	int st = get_status(addr, auth, NULL, 0);
+
+	*took_ms = harness_now_ms() - t0;
+	return st;
+}
+
+/*
+ * An admission Redis granted after its key fell back. The key decides through Redis; then, in
+ * one transaction, another proxy's rejoin time is set in Redis and Redis is paused for 2 s. The
+ * heartbeat sent during the pause is answered first: others are coming back, so the key falls
+ * back (its window full for W + guard). Then comes the answer to the admission sent after it.
+ * That request goes at once (Redis admitted it), and the key keeps its fallback: the next
+ * request waits for the block. (Before, the late reply rebuilt the key's windows from Redis,
+ * dropping the block and the share, and the next request went at once.)
+ */
+Test(shared, admission_answered_after_the_key_fell_back)
+{
+	struct keys k;
+	int64_t took;
+
+	redis_timeouts = "command_timeout = 5s\nconnect_timeout = 500ms\n";
+	start(1, NULL);
+	make_keys(&k);
+	cr_assert_eq(get_status(addrs[0], k.auth[0], NULL, 0), 200);
+	cr_assert_eq(fixture_metric_at(admins[0], "ghlproxy_redis_fallback"), 0);
+
+	redisContext *c = redisConnectUnix(redis_sock);
+	cr_assert(c && !c->err);
+	freeReplyObject(redisCommand(c, "MULTI"));
+	freeReplyObject(redisCommand(c, "EVAL %s 1 ghlproxy:{proxies}:rejoin 15000",
+	                             "local t = redis.call('TIME') "
+	                             "local now = t[1] * 1000 + math.floor(t[2] / 1000) "
+	                             "redis.call('SET', KEYS[1], now + ARGV[1], 'PX', ARGV[1])"));
+	freeReplyObject(redisCommand(c, "CLIENT PAUSE 2000 ALL"));
+	int64_t paused_at = harness_now_ms();
+	redisReply *rep = redisCommand(c, "EXEC");
+	cr_assert(rep && rep->type == REDIS_REPLY_ARRAY && rep->elements == 2,
+	          "the transaction failed");
+	freeReplyObject(rep);
+	redisFree(c);
+
+	/* A heartbeat went out in the pause's first second; this admission goes after it. */
+	while (harness_now_ms() < paused_at + 1200)
+		usleep(10000);
+	cr_assert_eq(timed_status(addrs[0], k.auth[0], &took), 200);
+	cr_expect_lt(took, 1500, "the admission Redis granted waited %lld ms", (long long)took);
+	cr_expect_eq(fixture_metric_at(admins[0], "ghlproxy_redis_fallback"), 1,
+	             "the key did not fall back");
+	cr_assert_eq(timed_status(addrs[0], k.auth[0], &took), 200);
+	cr_expect_geq(took, 1000,
+	              "the fallback's block was dropped: the next request waited %lld ms",
+	              (long long)took);
 	free_keys(&k);
 }
