@@ -159,6 +159,8 @@ static void conn_free_now(struct upstream_conn *c)
 {
 	if (c->idle_timer)
 		event_free(c->idle_timer);
+	if (c->ssl)
+		SSL_set_msg_callback(c->ssl, NULL); /* its argument is c: the SSL may outlive it */
 	if (c->evcon) {
 		c->is_freeing = true;
 		evhttp_connection_free(c->evcon);
