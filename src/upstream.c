@@ -118,6 +118,14 @@ static void timeval_ms(struct timeval *tv, uint32_t ms)
 	tv->tv_usec = (ms % 1000) * 1000;
 }
 
+/* upstream.timeout for this exchange: the setting, or the caller's shorter one. */
+static uint32_t x_timeout_ms(const struct upstream_exchange *x)
+{
+	uint32_t set = x->up->set.timeout_ms;
+
+	return x->rq.timeout_ms && x->rq.timeout_ms < set ? x->rq.timeout_ms : set;
+}
+
 const char *upstream_result_str(enum upstream_result r)
 {
 	switch (r) {
@@ -451,7 +459,7 @@ static void on_x_timer(evutil_socket_t fd, short what, void *arg)
 		         u->host, u->port, x->up->set.connect_timeout_ms);
 	else
 		snprintf(x->detail, sizeof(x->detail), "%s:%d: no response within %u ms", u->host,
-		         u->port, x->up->set.timeout_ms);
+		         u->port, x_timeout_ms(x));
 	x->has_err = true;
 	x->err = UPSTREAM_ERR_TIMEOUT;
 	if (x->conn)
@@ -484,10 +492,11 @@ static void on_output_drained(struct evbuffer *buf, const struct evbuffer_cb_inf
 	if (x->started) {
 		if (x->phase == X_WAIT_HEAD && !x->cancelled) {
 			struct timeval tv;
-			timeval_ms(&tv, x->up->set.timeout_ms);
+			timeval_ms(&tv, x_timeout_ms(x));
 			event_add(x->timer, &tv);
-			/* evhttp's own read timeout (the same value) runs while the request goes
-			 * out, with nothing to read yet: it starts again too. */
+			/* evhttp's own read timeout (the setting) runs while the request goes out,
+			 * with nothing to read yet: it starts again too. */
+			timeval_ms(&tv, x->up->set.timeout_ms);
 			bufferevent_set_timeouts(c->bev, &tv, &tv);
 		}
 		return;
@@ -506,7 +515,7 @@ static void on_output_drained(struct evbuffer *buf, const struct evbuffer_cb_inf
 	if (x->phase == X_CONNECTING) {
 		struct timeval tv;
 		x->phase = X_WAIT_HEAD;
-		timeval_ms(&tv, x->up->set.timeout_ms);
+		timeval_ms(&tv, x_timeout_ms(x));
 		event_add(x->timer, &tv);
 	}
 }
@@ -699,7 +708,7 @@ static void dispatch(struct upstream_conn *c, struct upstream_exchange *x)
 	x->conn = c;
 	x->started = false;
 	x->phase = fresh ? X_CONNECTING : X_WAIT_HEAD;
-	timeval_ms(&tv, fresh ? up->set.connect_timeout_ms : up->set.timeout_ms);
+	timeval_ms(&tv, fresh ? up->set.connect_timeout_ms : x_timeout_ms(x));
 	event_add(x->timer, &tv);
 
 	req = evhttp_request_new(on_evhttp_done, x);

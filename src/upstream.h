@@ -70,6 +70,7 @@ struct upstream_request {
 	const struct evkeyvalq
 	        *headers;      /* end-to-end headers; Host and Content-Length are set here */
 	struct evbuffer *body; /* may be NULL; referenced, not drained (kept for resends) */
+	uint32_t timeout_ms;   /* a shorter upstream.timeout for this exchange; 0: the setting */
 };
 
 struct upstream *upstream_new(struct event_base *base, struct evdns_base *dns, SSL_CTX *tls_ctx,
