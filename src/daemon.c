@@ -570,14 +570,20 @@ static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
 
 	UNUSED(fd);
 	UNUSED(what);
-	/* Answered is not yet written: wait until the kernel holds every answer's last byte. */
-	if (d->px.n_active == 0 && server_output_pending(d->srv) == 0) {
+	/* Answered is not yet written: wait until the kernel holds every answer's last byte.
+	 * A token refresh HighLevel may have rotated is waited for too: its new pair is the only
+	 * live one (oauth_free says so if it must be left). */
+	uint32_t refreshes = oauth_unsettled(d->px.oauth);
+	if (d->px.n_active == 0 && server_output_pending(d->srv) == 0 && refreshes == 0) {
 		log_info("drained: exiting");
 		event_base_loopbreak(d->base);
 		return;
 	}
 	if (util_now_ms() >= d->drain_deadline_ms) {
-		log_warning("drain timeout: %u requests still in flight are cut", d->px.n_active);
+		log_warning(
+		        "drain timeout: %u requests still in flight are cut, %u token refreshes "
+		        "left",
+		        d->px.n_active, refreshes);
 		event_base_loopbreak(d->base);
 		return;
 	}
@@ -602,6 +608,7 @@ static void on_term(evutil_socket_t sig, short what, void *arg)
 	metrics_set(M_DRAINING, 1);
 	server_stop_accepting(d->srv);
 	server_close_idle(d->srv);
+	oauth_drain(d->px.oauth);
 	d->drain_deadline_ms = util_now_ms() + timeout_ms;
 	/*
 	 * Admission stops a little before the end, so the last admitted requests have time for

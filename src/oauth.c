@@ -47,17 +47,20 @@
 #include "upstream.h"
 #include "util.h"
 
-#define SYNC_INTERVAL_MS   1000
-#define LOCK_RETRY_MS      200
-#define LOCK_TTL_MS        60000 /* above any token call: a lock never expires mid-refresh */
-#define STORE_RETRY_MS     1000
-#define BACKOFF_MIN_MS     1000
-#define BACKOFF_MAX_MS     60000
-#define INACTIVE_MIN_MS    30000
-#define INACTIVE_MAX_MS    (15 * 60000)
-#define ANSWER_MAX         (256 * 1024)
-#define USABLE_MARGIN_MS   1000 /* a token this close to expiry is not handed out */
-#define LOCATION_TOKEN_TTL (23 * 3600 * 1000LL)
+#define SYNC_INTERVAL_MS       1000
+#define LOCK_RETRY_MS          200
+#define LOCK_TTL_MS            60000 /* above any token call: a lock never expires mid-refresh */
+#define STORE_RETRY_MS         1000
+#define BACKOFF_MIN_MS         1000
+#define BACKOFF_MAX_MS         60000
+#define INACTIVE_MIN_MS        30000
+#define INACTIVE_MAX_MS        (15 * 60000)
+#define ANSWER_MAX             (256 * 1024)
+#define USABLE_MARGIN_MS       1000 /* a token this close to expiry is not handed out */
+#define LOCATION_TOKEN_TTL     (23 * 3600 * 1000LL)
+#define REFUSED_NEAR_EXPIRY_MS (5 * 60000) /* a 401 this close to exp is taken as expiry */
+#define TOKEN_CALL_TIMEOUT_MS  15000       /* answer head of a token call, at most */
+#define ANSWER_TTL_UNKNOWN_S   3600.0      /* a token answer without a usable expires_in */
 
 enum res_phase {
 	PH_IDLE = 0,
@@ -121,6 +124,7 @@ struct oauth {
 	struct oauth_stats st;
 	/* install callbacks in progress */
 	LIST_HEAD(, install) installs;
+	bool draining; /* oauth_drain: no refresh ahead of expiry */
 };
 
 struct install {
@@ -549,8 +553,9 @@ static void on_res_timer(evutil_socket_t fd, short what, void *arg)
 	struct oauth_res *r = arg;
 
 	if (r->phase == PH_IDLE) {
-		/* A minted token nobody asks for is not minted again. */
-		if (!r->e && TAILQ_EMPTY(&r->waiters))
+		/* A minted token nobody asks for is not minted again; while stopping, no token
+		 * nobody asks for is refreshed (the next process will). */
+		if ((!r->e || r->o->draining) && TAILQ_EMPTY(&r->waiters))
 			return;
 		start_refresh(r);
 	} else {
@@ -653,6 +658,7 @@ static void after_read(struct oauth_res *r, bool adopted_newer)
 static void on_redis_lock(struct redis *rd, const redisReply *rep, const char *error, void *arg);
 static void on_redis_read(struct redis *rd, const redisReply *rep, const char *error, void *arg);
 static void on_redis_cas(struct redis *rd, const redisReply *rep, const char *error, void *arg);
+static void on_redis_verify(struct redis *rd, const redisReply *rep, const char *error, void *arg);
 static void store_pending(struct oauth_res *r);
 
 static void step(struct oauth_res *r)
@@ -876,9 +882,13 @@ static struct upstream_exchange *post(struct oauth *o, const char *target, struc
 		evhttp_add_header(&h, "Authorization", auth);
 		OPENSSL_cleanse(auth, sizeof(auth));
 	}
-	struct upstream_request rq = {
-		.method = EVHTTP_REQ_POST, .target = target, .headers = &h, .body = body
-	};
+	/* Short enough that, should the answer be lost after HighLevel rotated the pair, the
+	 * retry still falls in its 30 s grace window and gets the same pair again. */
+	struct upstream_request rq = { .method = EVHTTP_REQ_POST,
+		                       .target = target,
+		                       .headers = &h,
+		                       .body = body,
+		                       .timeout_ms = TOKEN_CALL_TIMEOUT_MS };
 	struct upstream_exchange *x = upstream_send(o->up, &rq, &call_cbs, c);
 	/* The headers were copied into the request; wipe the one holding a token. */
 	struct evkeyval *kv;
@@ -937,7 +947,10 @@ static struct ts_entry *entry_from_answer(struct oauth *o, struct evbuffer *answ
 		return NULL;
 	const char *at = jstr(j, "access_token"), *rt = jstr(j, "refresh_token");
 	json_t *ei = json_object_get(j, "expires_in");
-	if (!*at || !*rt || !json_is_number(ei))
+	/* A new refresh token is kept whatever else the answer gets wrong: the one presented is
+	 * spent. Without a usable expires_in, the token's exp says, else an hour (a 401 "Invalid
+	 * JWT" brings the next refresh sooner if that was too long). */
+	if (!*at || !*rt)
 		goto out;
 	e = base ? ts_entry_dup(base) : ts_entry_new();
 	if (!e)
@@ -951,7 +964,11 @@ static struct ts_entry *entry_from_answer(struct oauth *o, struct evbuffer *answ
 	else
 		util_strlcpy(e->resource, e->user_type == TS_USER_COMPANY ? comp : loc,
 		             sizeof(e->resource));
-	double secs = json_number_value(ei);
+	double secs = json_is_number(ei)   ? json_number_value(ei)
+	              : json_is_string(ei) ? strtod(json_string_value(ei), NULL)
+	                                   : 0;
+	if (!(secs > 0))
+		secs = ANSWER_TTL_UNKNOWN_S;
 	if (secs < 1)
 		secs = 1;
 	if (secs > 365 * 86400.0)
@@ -972,8 +989,24 @@ static struct ts_entry *entry_from_answer(struct oauth *o, struct evbuffer *answ
 	    ts_entry_set_str(&e->user_id, jstr(j, "userId")) < 0 ||
 	    ts_entry_set_str(&e->scope, jstr(j, "scope")) < 0 ||
 	    ts_entry_validate(e, err, sizeof(err)) < 0) {
-		ts_entry_free(e);
-		e = NULL;
+		/* The descriptive fields the store refuses (an id out of its character set, a
+		 * scope too long) give way to what the entry had: the pair is what matters. */
+		log_fields(LOG_WARNING, "token answer: fields the store refuses are left out",
+		           (struct log_field[]){ LOG_STR("resource", e->resource),
+		                                 LOG_STR("reason", err) },
+		           2);
+		if (ts_entry_set_str(&e->company_id, base ? base->company_id : NULL) < 0 ||
+		    ts_entry_set_str(&e->location_id, base ? base->location_id : NULL) < 0 ||
+		    ts_entry_set_str(&e->user_id, base ? base->user_id : NULL) < 0 ||
+		    ts_entry_set_str(&e->scope, base ? base->scope : NULL) < 0 ||
+		    ts_entry_validate(e, err, sizeof(err)) < 0) {
+			log_fields(LOG_ERROR, "token answer: the new pair cannot be stored",
+			           (struct log_field[]){ LOG_STR("resource", e->resource),
+			                                 LOG_STR("reason", err) },
+			           2);
+			ts_entry_free(e);
+			e = NULL;
+		}
 	}
 out:
 	json_decref(j);
@@ -1047,6 +1080,96 @@ static int redis_store_entry(struct oauth *o, const struct ts_entry *e, uint64_t
 	return rc < 0 ? -EIO : 0;
 }
 
+/*
+ * What the store holds for a resource whose new pair (r->pending) is to be written, when that
+ * may not be the entry the refresh started from (generation r->base_gen): a write whose answer
+ * was lost, an import, an install or a removal during the refresh, a lost Redis lock.
+ */
+enum store_finding {
+	FOUND_OURS,    /* our pair is there already: the earlier write landed */
+	FOUND_SPENT,   /* the entry we started from, or another with the refresh token we spent:
+	                  ours goes on top of it */
+	FOUND_THEIRS,  /* another pair, written by an install or an import: it stands */
+	FOUND_REMOVED, /* removed (`ghlproxy token remove`): ours is dropped too */
+};
+
+static bool tokens_equal(const char *a, const char *b)
+{
+	return a && b && strcmp(a, b) == 0;
+}
+
+static enum store_finding judge_store(const struct oauth_res *r, const struct ts_entry *cur)
+{
+	if (!cur)
+		return FOUND_REMOVED;
+	if (tokens_equal(cur->refresh_token, r->pending->refresh_token))
+		return FOUND_OURS;
+	if (cur->generation == r->base_gen ||
+	    (r->e && tokens_equal(cur->refresh_token, r->e->refresh_token)))
+		return FOUND_SPENT;
+	return FOUND_THEIRS;
+}
+
+/* The pair of this refresh gives way to what the store holds (FOUND_THEIRS, FOUND_REMOVED). */
+static void store_gave_way(struct oauth_res *r, struct ts_entry *cur)
+{
+	log_fields(LOG_WARNING,
+	           cur ? "token store: another pair was written during the refresh (an install "
+	                 "or an import): it is kept, this refresh's pair is dropped"
+	               : "token store: the resource was removed during the refresh: this "
+	                 "refresh's pair is dropped",
+	           (struct log_field[]){ LOG_STR("resource", r->id) }, 1);
+	ts_entry_free(r->pending);
+	r->pending = NULL;
+	ts_entry_free(r->e);
+	r->e = cur;
+	if (!cur) {
+		res_unlock(r);
+		r->phase = PH_IDLE;
+		answer_waiters(r, OAUTH_NO_TOKEN, "the token was removed from the store");
+		return;
+	}
+	r->o->st.adopted++;
+	if (r->e->state == TS_STATE_NEEDS_REINSTALL)
+		finish(r, OAUTH_REINSTALL, "the app must be installed again for this resource");
+	else
+		finish(r, token_usable(r, wall_ms()) ? OAUTH_READY : OAUTH_UNAVAILABLE,
+		       "the stored token is not usable");
+}
+
+struct file_put {
+	struct oauth_res *r;
+	struct ts_entry *theirs; /* FOUND_THEIRS: a copy of the store's entry */
+	bool removed;
+};
+
+/* File store: write r->pending, judged against what the file holds under its lock. */
+static int mutate_pending(struct ts_set *set, void *arg, char *err, size_t err_len)
+{
+	struct file_put *fp = arg;
+	struct oauth_res *r = fp->r;
+	struct ts_entry *cur = ts_set_find(set, r->id);
+
+	switch (judge_store(r, cur)) {
+	case FOUND_OURS:
+		r->pending->generation = cur->generation;
+		return 1;
+	case FOUND_REMOVED:
+		fp->removed = true;
+		snprintf(err, err_len, "removed from the store");
+		return -ENOENT;
+	case FOUND_THEIRS:
+		fp->theirs = ts_entry_dup(cur);
+		snprintf(err, err_len, "another pair was stored meanwhile");
+		return -ESTALE;
+	case FOUND_SPENT:
+		break;
+	}
+	r->base_gen = cur->generation;
+	r->pending->generation = cur->generation + 1;
+	return mutate_put(set, r->pending, err, err_len);
+}
+
 static void store_pending(struct oauth_res *r)
 {
 	struct oauth *o = r->o;
@@ -1054,10 +1177,13 @@ static void store_pending(struct oauth_res *r)
 
 	r->phase = PH_STORING;
 	if (!o->on_redis) {
-		/* -ESTALE (the entry moved: only if the lock file was removed) fails like any
-		 * other error: a newer entry is never overwritten, ours stays in memory. */
-		if (ts_file_update(o->path, o->has_key ? &o->key : NULL, mutate_put, r->pending,
+		struct file_put fp = { .r = r };
+		if (ts_file_update(o->path, o->has_key ? &o->key : NULL, mutate_pending, &fp,
 		                   &o->file_id, err, sizeof(err)) < 0) {
+			if (fp.removed || fp.theirs) {
+				store_gave_way(r, fp.theirs);
+				return;
+			}
 			store_failed(r, err);
 			return;
 		}
@@ -1082,10 +1208,73 @@ static void on_redis_cas(struct redis *rd, const redisReply *rep, const char *er
 		stored(r);
 		return;
 	}
-	/* The lock was lost (expired) or the entry moved: never overwrite a newer pair. The pair
-	 * we hold is the newest HighLevel issued, so keep it and alarm; an operator must look. */
-	store_failed(r, rep->integer == 0 ? "the entry changed under the lock"
-	                                  : "the refresh lock expired before the store");
+	/* The entry moved or the lock was lost (expired, Redis restarted), or an earlier attempt
+	 * landed and its answer did not come: read what is there, then decide. */
+	char key[200];
+	ts_redis_entry_key(r->o->prefix, r->id, key, sizeof(key));
+	const char *argv[] = { "HMGET", key, "gen", "blob" };
+	if (redis_command_argv(r->o->rd, 4, argv, NULL, on_redis_verify, r) < 0)
+		store_failed(r, "redis unreachable");
+}
+
+/* Take the refresh lock again, or keep it (1), unless another process holds it (0). */
+static const char relock_lua[] =
+        "local v = redis.call('GET', KEYS[1]) "
+        "if v == ARGV[1] or not v then "
+        "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end return 0";
+
+static void on_redis_relock(struct redis *rd, const redisReply *rep, const char *error, void *arg)
+{
+	struct oauth_res *r = arg;
+
+	if (error || !rep || rep->type != REDIS_REPLY_INTEGER) {
+		store_failed(r, error ? error : "unexpected reply");
+		return;
+	}
+	if (rep->integer != 1) {
+		store_failed(r, "another process holds the refresh lock");
+		return;
+	}
+	r->redis_locked = true;
+	store_pending(r);
+}
+
+static void on_redis_verify(struct redis *rd, const redisReply *rep, const char *error, void *arg)
+{
+	struct oauth_res *r = arg;
+
+	if (error || !rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2) {
+		store_failed(r, error ? error : "unexpected reply");
+		return;
+	}
+	struct ts_entry *cur = decode_hmget(r->o, rep);
+	if (!cur && rep->element[0]->type != REDIS_REPLY_NIL) {
+		store_failed(r, "the stored entry cannot be read");
+		return;
+	}
+	switch (judge_store(r, cur)) {
+	case FOUND_OURS:
+		r->pending->generation = cur->generation;
+		ts_entry_free(cur);
+		stored(r);
+		return;
+	case FOUND_REMOVED:
+	case FOUND_THEIRS:
+		store_gave_way(r, cur);
+		return;
+	case FOUND_SPENT:
+		break;
+	}
+	/* Ours goes on top, under the lock (taken again if it was lost). */
+	r->base_gen = cur->generation;
+	r->pending->generation = cur->generation + 1;
+	ts_entry_free(cur);
+	char key[200], px[24];
+	ts_redis_lock_key(r->o->prefix, r->id, key, sizeof(key));
+	snprintf(px, sizeof(px), "%d", LOCK_TTL_MS);
+	const char *argv[] = { "EVAL", relock_lua, "1", key, r->o->owner, px };
+	if (redis_command_argv(r->o->rd, 6, argv, NULL, on_redis_relock, r) < 0)
+		store_failed(r, "redis unreachable");
 }
 
 static void on_call_done(void *owner, enum upstream_result res)
@@ -1163,12 +1352,19 @@ static void on_call_done(void *owner, enum upstream_result res)
 		struct ts_entry *e = ts_entry_dup(r->e);
 		if (e) {
 			e->state = TS_STATE_NEEDS_REINSTALL;
-			e->generation = r->base_gen + 1;
 			e->updated_ms = wall_ms();
+			/* In the file store the state is written, one generation up. Not written
+			 * (the Redis store, or the file moved meanwhile), the entry keeps its
+			 * generation in memory: a reinstall, stored one above it by any process,
+			 * must be taken. */
 			char err[200];
-			if (!r->o->on_redis)
-				ts_file_update(r->o->path, r->o->has_key ? &r->o->key : NULL,
-				               mutate_put, e, &r->o->file_id, err, sizeof(err));
+			if (!r->o->on_redis) {
+				e->generation = r->base_gen + 1;
+				if (ts_file_update(r->o->path, r->o->has_key ? &r->o->key : NULL,
+				                   mutate_put, e, &r->o->file_id, err,
+				                   sizeof(err)) < 0)
+					e->generation = r->e->generation;
+			}
 			ts_entry_free(r->e);
 			r->e = e;
 		}
@@ -1396,12 +1592,35 @@ enum oauth_status oauth_token(struct oauth *o, const char *resource, const char 
 	return OAUTH_WAIT;
 }
 
-void oauth_unauthorized(struct oauth *o, const char *resource, const char *token)
+/* Does body (not NUL-terminated) hold `word`, ignoring case? */
+static bool body_mentions(const void *body, size_t len, const char *word)
+{
+	const char *b = body;
+	size_t n = strlen(word);
+
+	for (size_t i = 0; b && n <= len && i <= len - n; i++)
+		if (strncasecmp(b + i, word, n) == 0)
+			return true;
+	return false;
+}
+
+bool oauth_unauthorized(struct oauth *o, const char *resource, const char *token, const void *body,
+                        size_t body_len)
 {
 	struct oauth_res *r = res_find(o, resource);
 
 	if (!r || !token || strcmp(res_token(r), token) != 0)
-		return; /* already replaced */
+		return true; /* already replaced: sending again takes the new token */
+	/* HighLevel says "Invalid JWT" for a token it refuses; its text for an expired one is
+	 * not known, so a 401 on a token within REFUSED_NEAR_EXPIRY_MS of its exp counts too. */
+	if (!body_mentions(body, MIN(body_len, (size_t)4096), "invalid jwt") &&
+	    res_expires(r) - wall_ms() > REFUSED_NEAR_EXPIRY_MS) {
+		log_fields(LOG_INFO,
+		           "HighLevel answered 401 for another reason than the token: not "
+		           "refreshing",
+		           (struct log_field[]){ LOG_STR("resource", r->id) }, 1);
+		return false;
+	}
 	if (!r->forced) {
 		r->forced = true;
 		wipe_str(&r->dead_token);
@@ -1410,6 +1629,7 @@ void oauth_unauthorized(struct oauth *o, const char *resource, const char *token
 		           (struct log_field[]){ LOG_STR("resource", r->id) }, 1);
 	}
 	start_refresh_later(r);
+	return true;
 }
 
 const char *oauth_app(const struct oauth *o)
@@ -1942,6 +2162,30 @@ int oauth_reload(struct oauth *o, const struct config *cfg, char *err, size_t er
 	return read_settings(o, cfg, err, err_len);
 }
 
+void oauth_drain(struct oauth *o)
+{
+	if (o)
+		o->draining = true;
+}
+
+/* Has HighLevel maybe rotated r's pair, with the new one not stored yet? */
+static bool res_unsettled(const struct oauth_res *r)
+{
+	return r->e && (r->phase == PH_CALLING || r->phase == PH_STORING);
+}
+
+uint32_t oauth_unsettled(const struct oauth *o)
+{
+	const struct oauth_res *r;
+	uint32_t n = 0;
+
+	if (!o)
+		return 0;
+	LIST_FOREACH(r, &o->res, link)
+	n += res_unsettled(r);
+	return n;
+}
+
 void oauth_free(struct oauth *o)
 {
 	struct oauth_res *r;
@@ -1949,6 +2193,19 @@ void oauth_free(struct oauth *o)
 
 	if (!o)
 		return;
+	LIST_FOREACH(r, &o->res, link)
+	{
+		if (res_unsettled(r))
+			log_fields(
+			        LOG_ERROR,
+			        r->phase == PH_STORING
+			                ? "exiting with new tokens not stored: unless the store "
+			                  "is written before, this resource must be installed again"
+			                : "exiting with a token call out: its answer, a new pair, "
+			                  "is "
+			                  "lost; another refresh within 30 s gets it again",
+			        (struct log_field[]){ LOG_STR("resource", r->id) }, 1);
+	}
 	/* Redis first: its pending callbacks ("shutting down") still find what they point to. */
 	if (o->rd) {
 		struct redis *rd = o->rd;

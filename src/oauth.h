@@ -69,6 +69,15 @@ void oauth_free(struct oauth *o);
 /* A reload: the client secret and store key files again; refresh_ahead. -errno with a reason. */
 int oauth_reload(struct oauth *o, const struct config *cfg, char *err, size_t err_len);
 
+/*
+ * The process is stopping: no refresh starts any more ahead of expiry (one a request waits for
+ * still does). Returns how many refreshes may hold a pair HighLevel has already rotated (the
+ * token call is out, or its answer is not stored yet): the drain waits for them to reach 0,
+ * since exiting then would lose the only live refresh token of those resources.
+ */
+void oauth_drain(struct oauth *o);
+uint32_t oauth_unsettled(const struct oauth *o);
+
 /* The app id (24 hex of oauth.client_id) requests are keyed under. */
 const char *oauth_app(const struct oauth *o);
 
@@ -90,8 +99,15 @@ enum oauth_status oauth_token(struct oauth *o, const char *resource, const char 
                               const char **token, const char **why);
 void oauth_cancel(struct oauth_waiter *w);
 
-/* HighLevel answered 401 to a request that carried `token` for resource: refresh (once). */
-void oauth_unauthorized(struct oauth *o, const char *resource, const char *token);
+/*
+ * HighLevel answered 401, with `body`, to a request that carried `token` for resource. A 401
+ * about the token (its message is "Invalid JWT", or the token is at or near its expiry) starts
+ * a refresh, once, and returns true: the request may be sent again with the new token. Any
+ * other 401 (a missing or invalid Version header, a scope the app lacks) returns false: a
+ * refresh would spend a single-use refresh token and change nothing.
+ */
+bool oauth_unauthorized(struct oauth *o, const char *resource, const char *token, const void *body,
+                        size_t body_len);
 
 /* Admin endpoints: /oauth/start (redirect to the authorize page) and /oauth/callback (exchange
  * the install code, store the pair, say which resource was installed). True when handled. */

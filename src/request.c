@@ -389,12 +389,6 @@ static int on_up_head(struct upstream_exchange *x, int status, const char *reaso
 		 * Its answer is kept meanwhile, to pass on if it cannot be. */
 		p->resend_on_429 = status == 429 && util_now_ms() < p->deadline_ms;
 	}
-	/* HighLevel refused our OAuth token (expired early, revoked): a 401 was not executed, so
-	 * refresh and send again, once. */
-	if (status == 401 && p->use_oauth && !p->retried_401 && p->px->oauth) {
-		oauth_unauthorized(p->px->oauth, p->key.resource, p->oauth_token);
-		p->resend_on_401 = util_now_ms() < p->deadline_ms;
-	}
 
 	/* End-to-end headers only. Content-Length stays when it frames the body we pass on
 	 * untouched; with Transfer-Encoding present it is a lie and goes. The entries move from
@@ -435,6 +429,16 @@ static void on_up_done(struct upstream_exchange *x, enum upstream_result r, cons
 	struct proxy_req *p = arg;
 
 	p->x = NULL;
+	/* HighLevel refused our OAuth token (expired early, revoked): a 401 was not executed, so
+	 * refresh and send again, once. Its body says whether it was the token. */
+	if (r == UPSTREAM_OK && p->status == 401 && p->use_oauth && !p->retried_401 &&
+	    p->px->oauth && p->state == RS_BUFFERING) {
+		size_t n = evbuffer_get_length(p->resp_body);
+		const unsigned char *body = evbuffer_pullup(p->resp_body, (ev_ssize_t)MIN(n, 4096));
+		p->resend_on_401 = oauth_unauthorized(p->px->oauth, p->key.resource, p->oauth_token,
+		                                      body, MIN(n, 4096)) &&
+		                   util_now_ms() < p->deadline_ms;
+	}
 	if (r == UPSTREAM_OK && (p->resend_on_429 || p->resend_on_401) &&
 	    p->state == RS_BUFFERING) {
 		if (p->resend_on_401)

@@ -909,3 +909,283 @@ Test(oauth, long_v1_key_injected_whole)
 	cr_expect(strstr(auth, key) != NULL, "not the configured key");
 	json_decref(all);
 }
+
+/* ---- a new pair is never left behind ---- */
+
+static int readyz_status(const char *admin)
+{
+	struct httpc_response r;
+
+	cr_assert_eq(get(admin, "/readyz", NULL, &r), 0);
+	int st = r.status;
+	httpc_response_free(&r);
+	return st;
+}
+
+static void wait_refreshing(const char *resource)
+{
+	int64_t until = harness_now_ms() + 10000;
+
+	while (!refreshing(resource) && harness_now_ms() < until)
+		usleep(20000);
+	cr_assert(refreshing(resource), "no refresh within 10 s");
+}
+
+/*
+ * SIGTERM while a new pair cannot be stored (the store's directory is gone): the drain waits
+ * for it, retrying the store, instead of exiting with the only live refresh token in memory.
+ * Once the directory is back the pair is stored and the proxy exits; the next proxy goes on
+ * with it, spending no dead refresh token. (Before, the proxy exited at once and the next one
+ * presented the spent token.)
+ */
+Test(oauth, drain_waits_for_the_new_pair_to_be_stored)
+{
+	char sdir[300], away[300], path[400], extra[600], *rts[1];
+	static const struct install_set one[] = { { "LocAlpha0001", "Location" } };
+	struct httpc_response r;
+	char addr[128], admin[128];
+
+	start_mock(MOCK_OAUTH("3000") " --oauth-delay-ms 800");
+	snprintf(sdir, sizeof(sdir), "%s/state", fx.dir);
+	snprintf(away, sizeof(away), "%s/state.away", fx.dir);
+	cr_assert_eq(mkdir(sdir, 0700), 0);
+	snprintf(path, sizeof(path), "%s/tokens.json", sdir);
+	write_store(path, one, 1, rts);
+	snprintf(extra, sizeof(extra), "GHLPROXY_STORE_PATH=%s", path);
+	char *env[] = { extra, NULL };
+	fx.proxy = spawn("proxy", NULL, env, addr, sizeof(addr), admin, sizeof(admin));
+	cr_assert_eq(get(addr, "/contacts/?locationId=LocAlpha0001", NULL, &r), 0);
+	cr_expect_eq(r.status, 200);
+	httpc_response_free(&r);
+	wait_refreshing("LocAlpha0001");
+	cr_assert_eq(rename(sdir, away), 0);
+	int64_t until = harness_now_ms() + 10000;
+	while (fixture_metric_at(admin, "ghlproxy_token_store_write_failures_total") < 1 &&
+	       harness_now_ms() < until)
+		usleep(50000);
+	cr_assert_eq(readyz_status(admin), 503, "the store did not fail");
+
+	harness_kill(fx.proxy, SIGTERM);
+	cr_expect_eq(harness_wait_exit(fx.proxy, 1500), -1,
+	             "the proxy exited with a pair not stored");
+	cr_assert_eq(rename(away, sdir), 0);
+	cr_expect_eq(harness_wait_exit(fx.proxy, 10000), 0, "no clean exit once stored");
+	char *log = harness_log(fx.proxy);
+	cr_expect(strstr(log, "exiting with new tokens not stored") == NULL, "a pair was left");
+	free(log);
+	harness_proc_free(fx.proxy);
+	fx.proxy = spawn("proxy2", NULL, env, addr, sizeof(addr), admin, sizeof(admin));
+	cr_assert_eq(get(addr, "/contacts/?locationId=LocAlpha0001", NULL, &r), 0);
+	cr_expect_eq(r.status, 200);
+	httpc_response_free(&r);
+	cr_expect_eq(stat_of("reuses"), 0, "the rotated refresh token was lost at exit");
+	cr_expect_eq(stat_of("invalid_grants"), 0);
+	free(rts[0]);
+}
+
+/*
+ * `ghlproxy token import` of another pair while a refresh is at HighLevel (a reinstall made
+ * elsewhere): the refresh's pair gives way to the imported one, which the resource then uses;
+ * /readyz stays 200. (Before, the refresh's store failed its generation check forever: 503 for
+ * the resource and the whole /readyz until a restart.)
+ */
+Test(oauth, import_during_a_refresh_is_kept)
+{
+	char path[400], conf[400], *rts[1], in[2048];
+	static const struct install_set one[] = { { "LocAlpha0001", "Location" } };
+	struct httpc_response r;
+	char addr[128], admin[128];
+
+	start_mock(MOCK_OAUTH("3000") " --oauth-delay-ms 1500");
+	snprintf(path, sizeof(path), "%s/tokens.json", fx.dir);
+	write_store(path, one, 1, rts);
+	fx.proxy = spawn("proxy", NULL, NULL, addr, sizeof(addr), admin, sizeof(admin));
+	snprintf(conf, sizeof(conf), "%s/proxy.conf", fx.dir);
+	cr_assert_eq(get(addr, "/contacts/?locationId=LocAlpha0001", NULL, &r), 0);
+	httpc_response_free(&r);
+	wait_refreshing("LocAlpha0001");
+	char *rt = seed("Location", "LocAlpha0001", NULL);
+	snprintf(in, sizeof(in), "%s\n", rt);
+	cr_assert_eq(run_token_cli(conf, "import --resource LocAlpha0001 --user-type Location", in),
+	             0);
+	int64_t until = harness_now_ms() + 10000;
+	while (refreshing("LocAlpha0001") && harness_now_ms() < until)
+		usleep(20000);
+	usleep(300 * 1000); /* the refresh's answer, then its store */
+	cr_assert_eq(get(addr, "/contacts/?locationId=LocAlpha0001", NULL, &r), 0);
+	cr_expect_eq(r.status, 200, "the resource is stuck after the import (%d)", r.status);
+	httpc_response_free(&r);
+	cr_expect_eq(readyz_status(admin), 200, "/readyz stuck after the import");
+	cr_expect_eq(stat_of("reuses"), 0);
+	free(rt);
+	free(rts[0]);
+}
+
+/*
+ * A 401 that is not about the token (here a status the mock makes, on a token far from expiry,
+ * not "Invalid JWT"): passed on as it came, and no refresh token is spent on it. (Before, each
+ * such 401 rotated the pair.)
+ */
+Test(oauth, other_401s_spend_no_refresh_token)
+{
+	char path[400], *rts[1];
+	static const struct install_set one[] = { { "LocAlpha0001", "Location" } };
+	struct httpc_response r;
+	char addr[128], admin[128];
+
+	start_mock(MOCK_OAUTH("600000"));
+	snprintf(path, sizeof(path), "%s/tokens.json", fx.dir);
+	write_store(path, one, 1, rts);
+	fx.proxy = spawn("proxy", NULL, NULL, addr, sizeof(addr), admin, sizeof(admin));
+	cr_assert_eq(get(addr, "/contacts/?locationId=LocAlpha0001", NULL, &r), 0);
+	cr_expect_eq(r.status, 200);
+	httpc_response_free(&r);
+	json_int_t before = stat_of("refreshes");
+	for (int i = 0; i < 5; i++) {
+		cr_assert_eq(get(addr, "/mock/status/401?locationId=LocAlpha0001", NULL, &r), 0);
+		cr_expect_eq(r.status, 401);
+		httpc_response_free(&r);
+	}
+	cr_expect_eq(stat_of("refreshes") - before, 0, "a 401 not about the token rotated it");
+	free(rts[0]);
+}
+
+/*
+ * Redis store: the refresh lock is lost while the token call is out (it expired, Redis
+ * restarted): the compare-and-set says so; the proxy reads the entry, finds it unchanged, takes
+ * the lock again and stores its pair. A new proxy then goes on with it. (Before, the pair was
+ * never stored and a restart lost it.)
+ */
+Test(oauth, redis_lock_lost_mid_refresh_still_stores)
+{
+	char *rt, extra[600];
+	char addr[128], admin[128];
+	struct httpc_response r;
+
+	start_mock(MOCK_OAUTH("3000") " --oauth-delay-ms 1500");
+	redis = fixture_redis_start(fx.dir, "redis", NULL, redis_sock, sizeof(redis_sock));
+	cr_assert(redis);
+	redisContext *c = redisConnectUnix(redis_sock);
+	cr_assert(c && !c->err);
+	rt = seed("Location", "LocAlpha0001", NULL);
+	redis_put(c, "LocAlpha0001", "Location", rt);
+	snprintf(extra, sizeof(extra), "[limits]\nbackend = redis\n[redis]\nurl = unix://%s\n",
+	         redis_sock);
+	fx.proxy = spawn("proxy", extra, NULL, addr, sizeof(addr), admin, sizeof(admin));
+	cr_assert_eq(get(addr, "/contacts/?locationId=LocAlpha0001", NULL, &r), 0);
+	httpc_response_free(&r);
+	wait_refreshing("LocAlpha0001");
+	redisReply *rep = redisCommand(c, "DEL ghlproxy:{tok:LocAlpha0001}:lock");
+	cr_assert(rep && rep->type == REDIS_REPLY_INTEGER && rep->integer == 1,
+	          "the refresh lock was not held");
+	freeReplyObject(rep);
+	int64_t until = harness_now_ms() + 10000;
+	while (refreshing("LocAlpha0001") && harness_now_ms() < until)
+		usleep(20000);
+	until = harness_now_ms() + 5000;
+	while (readyz_status(admin) != 200 && harness_now_ms() < until)
+		usleep(50000);
+	cr_expect_eq(readyz_status(admin), 200, "the pair was not stored");
+	cr_expect_eq(fixture_stop_proxy(&fx), 0);
+	harness_proc_free(fx.proxy);
+	fx.proxy = spawn("proxy2", extra, NULL, addr, sizeof(addr), admin, sizeof(admin));
+	cr_assert_eq(get(addr, "/contacts/?locationId=LocAlpha0001", NULL, &r), 0);
+	cr_expect_eq(r.status, 200);
+	httpc_response_free(&r);
+	cr_expect_eq(stat_of("reuses"), 0, "the rotated refresh token was lost");
+	redisFree(c);
+	free(rt);
+}
+
+/*
+ * Redis store, two proxies: the refresh token is dead (invalid grant, both learn it), then the
+ * app is installed again through one of them. The other takes the new entry too. (Before, it
+ * held the dead one at the generation the install was stored at, and kept answering "install
+ * again" until restarted.)
+ */
+Test(oauth, redis_reinstall_reaches_every_proxy)
+{
+	char *rt, extra[600];
+	char addr[2][128], admin[2][128];
+	struct httpc_response r;
+
+	start_mock(MOCK_OAUTH("60000"));
+	redis = fixture_redis_start(fx.dir, "redis", NULL, redis_sock, sizeof(redis_sock));
+	cr_assert(redis);
+	redisContext *c = redisConnectUnix(redis_sock);
+	cr_assert(c && !c->err);
+	rt = seed("Location", "LocAlpha0001", NULL);
+	redis_put(c, "LocAlpha0001", "Location", rt);
+	redisFree(c);
+	json_decref(ctl("POST", "/__mock/oauth/revoke",
+	                json_pack("{s:s}", "resource", "LocAlpha0001")));
+	snprintf(extra, sizeof(extra), "[limits]\nbackend = redis\n[redis]\nurl = unix://%s\n",
+	         redis_sock);
+	fx.proxy =
+	        spawn("proxy0", extra, NULL, addr[0], sizeof(addr[0]), admin[0], sizeof(admin[0]));
+	struct harness_proc *p1 =
+	        spawn("proxy1", extra, NULL, addr[1], sizeof(addr[1]), admin[1], sizeof(admin[1]));
+	for (int i = 0; i < 2; i++) {
+		cr_assert_eq(get(addr[i], "/contacts/?locationId=LocAlpha0001", NULL, &r), 0);
+		cr_expect_eq(r.status, 401, "proxy%d: the dead token was not seen as such", i);
+		httpc_response_free(&r);
+	}
+	harness_secret("install-code-9");
+	json_decref(ctl("POST", "/__mock/oauth/code",
+	                json_pack("{s:s, s:s, s:s}", "code", "install-code-9", "user_type",
+	                          "Location", "resource", "LocAlpha0001")));
+	cr_assert_eq(get(admin[0], "/oauth/callback?code=install-code-9", NULL, &r), 0);
+	cr_expect_eq(r.status, 200, "the install failed");
+	httpc_response_free(&r);
+	for (int i = 0; i < 2; i++) {
+		int64_t until = harness_now_ms() + 5000;
+		int st = 0;
+		while (harness_now_ms() < until) {
+			cr_assert_eq(get(addr[i], "/contacts/?locationId=LocAlpha0001", NULL, &r),
+			             0);
+			st = r.status;
+			httpc_response_free(&r);
+			if (st == 200)
+				break;
+			usleep(200 * 1000);
+		}
+		cr_expect_eq(st, 200, "proxy%d did not take the reinstall", i);
+	}
+	harness_kill(p1, SIGTERM);
+	cr_expect_eq(harness_wait_exit(p1, 30000), 0);
+	harness_proc_free(p1);
+	free(rt);
+}
+
+/*
+ * Token answers that are odd but carry a new pair (expires_in as a string, a userId the store's
+ * character set refuses): the pair is kept, the odd fields give way, and refreshes go on with
+ * no spent refresh token presented again. (Before, such an answer was "unusable": the new
+ * refresh token was dropped and the spent one presented on the next try.)
+ */
+Test(oauth, odd_token_answers_keep_the_new_pair)
+{
+	char path[400], *rts[1];
+	static const struct install_set one[] = { { "LocAlpha0001", "Location" } };
+	struct httpc_response r;
+	char addr[128], admin[128];
+
+	start_mock(MOCK_OAUTH("2000") " --oauth-odd-answers");
+	snprintf(path, sizeof(path), "%s/tokens.json", fx.dir);
+	write_store(path, one, 1, rts);
+	fx.proxy = spawn("proxy", NULL, NULL, addr, sizeof(addr), admin, sizeof(admin));
+	int64_t until = harness_now_ms() + 6000;
+	int n = 0;
+	while (harness_now_ms() < until) {
+		cr_assert_eq(get(addr, "/contacts/?locationId=LocAlpha0001", NULL, &r), 0);
+		cr_expect_eq(r.status, 200, "request %d: %d", n, r.status);
+		httpc_response_free(&r);
+		n++;
+		usleep(200 * 1000);
+	}
+	cr_expect_geq(stat_of("refreshes"), 3, "too few refreshes to judge");
+	cr_expect_eq(stat_of("reuses"), 0, "a new refresh token was dropped");
+	cr_expect_eq(stat_of("invalid_grants"), 0);
+	cr_expect_geq(store_generation(path), 3, "the pairs were not stored");
+	free(rts[0]);
+}

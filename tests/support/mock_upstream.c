@@ -17,7 +17,9 @@
  *    fractional seconds), and 401 Invalid JWT for its own tokens once expired, revoked or never
  *    issued (other bearers are answered as without OAuth). Calls under /oauth/ are recorded (key
  *    "oauth", an "oauth" object saying what happened, never a token or secret) but not limited;
- *    --oauth-delay-ms holds their answers (decided on arrival) to expose concurrent refreshes.
+ *    --oauth-delay-ms holds their answers (decided on arrival) to expose concurrent refreshes;
+ *    --oauth-odd-answers makes grant answers odd but usable (expires_in as a string, a userId
+ *    out of the store's character set), as a changed API might.
  *    Control under /__mock/oauth/ (code, seed, inactive, revoke, stats); /__mock/reset forgets
  *    every token too.
  * Readiness: one datagram "READY=1\nX_MOCK_LISTEN=host:port\nX_MOCK_CONTROL=host:port\n" to
@@ -102,6 +104,7 @@ struct options {
 	const char *oauth_client_secret;
 	long oauth_access_ttl_ms; /* access tokens' life */
 	long oauth_delay_ms;      /* /oauth/token and /oauth/locationToken answer this late */
+	bool oauth_odd_answers;   /* grant answers: expires_in a string, a non-ASCII userId */
 };
 
 /* Times (monotonic ms) at which calls were counted against one key, ascending. */
@@ -1723,6 +1726,13 @@ static json_t *oauth_grant_answer(struct oauth_res *res, struct oauth_at *at, st
 		}
 	}
 	json_object_set_new(b, "userId", json_string(res->user_id));
+	if (g_opt.oauth_odd_answers) {
+		char s[32];
+		snprintf(s, sizeof(s), "%lld", (long long)oauth_expires_in_s());
+		json_object_set_new(b, "expires_in", json_string(s));
+		json_object_set_new(b, "userId",
+		                    json_string("us\xc3\xa9r-\xc3\xa9t\xc3\xa9" /* UTF-8 */));
+	}
 	return b;
 }
 
@@ -2725,7 +2735,7 @@ static void usage(void)
 	        "  [--limit N --window-ms W] [--limit-mode sliding|fixed] [--count-rejected]\n"
 	        "  [--daily D] [--jitter-ms J] [--seed S]\n"
 	        "  [--oauth-client-id ID --oauth-client-secret S [--oauth-access-ttl-ms MS]\n"
-	        "   [--oauth-delay-ms MS]]\n");
+	        "   [--oauth-delay-ms MS] [--oauth-odd-answers]]\n");
 }
 
 /* HighLevel's client ids: "<24 hex digits: the app id>-<suffix>". */
@@ -2760,6 +2770,7 @@ static int parse_options(int argc, char **argv)
 		{ "oauth-client-secret", required_argument, NULL, 'S' },
 		{ "oauth-access-ttl-ms", required_argument, NULL, 'T' },
 		{ "oauth-delay-ms", required_argument, NULL, 'D' },
+		{ "oauth-odd-answers", no_argument, NULL, 'O' },
 		{ NULL, 0, NULL, 0 },
 	};
 	int ch;
@@ -2813,6 +2824,9 @@ static int parse_options(int argc, char **argv)
 			break;
 		case 'D':
 			ok = parse_long(optarg, 0, MAX_SLOW_MS, &g_opt.oauth_delay_ms);
+			break;
+		case 'O':
+			g_opt.oauth_odd_answers = true;
 			break;
 		default:
 			ok = false;
