@@ -48,13 +48,13 @@ const struct credential *credentials_v1_for(const struct credentials *c, const c
 
 size_t credentials_count(const struct credentials *c);
 
-/* Read a one-secret file (relative names through $CREDENTIALS_DIRECTORY first): trimmed,
- * non-empty, printable ASCII, at most max_len bytes. Returns 0 or -errno / -EINVAL with a
- * message naming the file. *out is malloc'ed; wipe and free it. */
 /* The file a configured name means: relative names in $CREDENTIALS_DIRECTORY when there, else
  * the name itself. */
 void credentials_resolve(const char *path, char *out, size_t len);
 
+/* Read a one-secret file (relative names through $CREDENTIALS_DIRECTORY first): trimmed,
+ * non-empty, printable ASCII, at most max_len bytes. Returns 0 or -errno / -EINVAL with a
+ * message naming the file. *out is malloc'ed; wipe and free it. */
 int credentials_read_file(const char *path, size_t max_len, char **out, char *err, size_t err_len);
 
 #endif

@@ -22,6 +22,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -36,6 +37,7 @@
 #include <openssl/crypto.h>
 
 #include "config.h"
+#include "credentials.h"
 #include "redis.h"
 #include "token_store.h"
 #include "util.h"
@@ -475,13 +477,15 @@ static redisContext *redis_open(const struct config *cfg)
 		return NULL;
 	}
 	if (cfg->redis.password_file && *cfg->redis.password_file) {
-		int rc = util_read_small_file(cfg->redis.password_file, 4096, &password,
-		                              &password_len);
-		if (rc < 0) {
-			fail("redis.password_file %s: %s", cfg->redis.password_file, strerror(-rc));
+		/* As the daemon reads it: through $CREDENTIALS_DIRECTORY, trimmed. */
+		char reason[400];
+		if (credentials_read_file(cfg->redis.password_file, 4096, &password, reason,
+		                          sizeof(reason)) < 0) {
+			fail("redis.password_file: %s", reason);
 			redisFree(c);
 			return NULL;
 		}
+		password_len = strlen(password);
 		const char *argv[] = { "AUTH", password };
 		const size_t lens[] = { 4, password_len };
 		redisReply *r = rcmd(c, 2, argv, lens);
@@ -755,7 +759,10 @@ int token_cli_main(const struct config *cfg, int argc, char **argv)
 		usage(stderr);
 		return EXIT_USAGE;
 	}
-	if (has_key && ts_key_load(cfg->store.key_file, &key, err, sizeof(err)) < 0) {
+	char key_path[PATH_MAX];
+	if (has_key)
+		credentials_resolve(cfg->store.key_file, key_path, sizeof(key_path));
+	if (has_key && ts_key_load(key_path, &key, err, sizeof(err)) < 0) {
 		fail("%s", err);
 		return EXIT_FAIL;
 	}

@@ -71,6 +71,9 @@ static void run_free(struct run *r)
  * Start `ghlproxy -c conf token <args>` with stdin_text on standard input (NULL: empty); its
  * stdout goes to dir/cliN.out (N in *n). args is shell text (the test's own).
  */
+/* Shell text run before the CLI (an `export`), or "". */
+static const char *cli_prelude = "";
+
 static struct harness_proc *spawn_cli(const char *conf, const char *args, const char *stdin_text,
                                       int *n)
 {
@@ -80,8 +83,9 @@ static struct harness_proc *spawn_cli(const char *conf, const char *args, const 
 	snprintf(name, sizeof(name), "cli%d", *n);
 	snprintf(in_name, sizeof(in_name), "cli%d.in", *n);
 	cr_assert_eq(harness_write_file(dir, in_name, stdin_text ? stdin_text : ""), 0);
-	cr_assert(asprintf(&cmd, "exec '%s' -c '%s' token %s < '%s/%s' > '%s/cli%d.out'",
-	                   harness_proxy_bin(), conf, args, dir, in_name, dir, *n) > 0);
+	cr_assert(asprintf(&cmd, "%sexec '%s' -c '%s' token %s < '%s/%s' > '%s/cli%d.out'",
+	                   cli_prelude, harness_proxy_bin(), conf, args, dir, in_name, dir,
+	                   *n) > 0);
 	char *argv[] = { "/bin/sh", "-c", cmd, NULL };
 	struct harness_proc *p = harness_spawn(dir, name, argv, NULL);
 	free(cmd);
@@ -777,4 +781,47 @@ Test(token_cli, redis_cas_script)
 	cr_expect_str_eq(gen, "123456789012345679");
 	free(gen);
 	redis_env_stop(&re);
+}
+
+/*
+ * A store key named relatively (key_file = store.key) is looked up in $CREDENTIALS_DIRECTORY,
+ * as the daemon does (systemd's LoadCredential=): the CLI encrypts with it, and fails, writing
+ * nothing, when it is not there.
+ */
+Test(token_cli, key_file_through_credentials_directory)
+{
+	char *creds, *prelude;
+	struct run r;
+
+	cr_assert(asprintf(&creds, "%s/creds", dir) > 0);
+	cr_assert_eq(mkdir(creds, 0700), 0);
+	cr_assert_eq(harness_write_file(creds, "store.key", key_hex), 0);
+	char *conf = write_conf("cred.conf", "key_file = store.key\n");
+
+	r = run_cli(conf, "import --resource loc1 --user-type Location", "SECRET-rt-cred\n");
+	cr_expect_neq(r.rc, 0, "imported without the key");
+	run_free(&r);
+	char *store = in_dir("tokens.json");
+	char *raw = harness_read_file(store, NULL);
+	cr_expect_null(raw, "a store was written");
+	free(raw);
+	free(store);
+
+	cr_assert(asprintf(&prelude, "export CREDENTIALS_DIRECTORY='%s'; ", creds) > 0);
+	cli_prelude = prelude;
+	r = run_cli(conf, "import --resource loc1 --user-type Location", "SECRET-rt-cred\n");
+	cr_expect_eq(r.rc, 0, "%s", r.err);
+	run_free(&r);
+	cli_prelude = "";
+	struct ts_key key;
+	char err[512];
+	cr_assert_eq(ts_key_parse(key_hex, strlen(key_hex), &key, err, sizeof(err)), 0);
+	struct ts_set set;
+	load_store(&key, &set);
+	cr_expect_eq(set.n, 1, "the import did not land, encrypted with the key");
+	ts_set_deinit(&set);
+	ts_key_wipe(&key);
+	free(prelude);
+	free(conf);
+	free(creds);
 }
