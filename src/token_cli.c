@@ -453,7 +453,6 @@ static redisContext *redis_open(const struct config *cfg)
 	redisContext *c;
 	struct timeval ctv = tv_of_ms(cfg->redis.connect_timeout_ms);
 	char *password = NULL;
-	size_t password_len = 0;
 
 	if (redis_parse_url(cfg->redis.url, &ra, &why) < 0) {
 		fail("%s", why);
@@ -485,7 +484,7 @@ static redisContext *redis_open(const struct config *cfg)
 			redisFree(c);
 			return NULL;
 		}
-		password_len = strlen(password);
+		size_t password_len = strlen(password);
 		const char *argv[] = { "AUTH", password };
 		const size_t lens[] = { 4, password_len };
 		redisReply *r = rcmd(c, 2, argv, lens);
