@@ -819,62 +819,90 @@ static bool refreshing(const char *resource)
 	return yes;
 }
 
+static void wait_refreshing(const char *resource)
+{
+	int64_t until = harness_now_ms() + 10000;
+
+	while (!refreshing(resource) && harness_now_ms() < until)
+		usleep(20000);
+	cr_assert(refreshing(resource), "no refresh within 10 s");
+}
+
+/* A proxy whose store lives in its own directory (state/), which a test can take away. */
+struct state_env {
+	char sdir[300], away[300], path[400], extra[600];
+	char *env[2];
+	char *rts[1];
+	char addr[128], admin[128];
+};
+
+/* The mock (tokens of 3 s, answers held 800 ms), one location in state/tokens.json, the proxy,
+ * and one request through it. */
+static void state_env_start(struct state_env *se)
+{
+	static const struct install_set one[] = { { "LocAlpha0001", "Location" } };
+	struct httpc_response r;
+
+	start_mock(MOCK_OAUTH("3000") " --oauth-delay-ms 800");
+	snprintf(se->sdir, sizeof(se->sdir), "%s/state", fx.dir);
+	snprintf(se->away, sizeof(se->away), "%s/state.away", fx.dir);
+	cr_assert_eq(mkdir(se->sdir, 0700), 0);
+	snprintf(se->path, sizeof(se->path), "%s/tokens.json", se->sdir);
+	write_store(se->path, one, 1, se->rts);
+	snprintf(se->extra, sizeof(se->extra), "GHLPROXY_STORE_PATH=%s", se->path);
+	se->env[0] = se->extra;
+	se->env[1] = NULL;
+	fx.proxy = spawn("proxy", NULL, se->env, se->addr, sizeof(se->addr), se->admin,
+	                 sizeof(se->admin));
+	cr_assert_eq(get(se->addr, "/contacts/?locationId=LocAlpha0001", NULL, &r), 0);
+	cr_expect_eq(r.status, 200);
+	httpc_response_free(&r);
+}
+
+/* The store's directory disappears while the next refresh is at HighLevel (the mock holds its
+ * answer 800 ms): the new pair cannot be stored, and the proxy counts the failure. */
+static void state_env_lose_dir(struct state_env *se)
+{
+	wait_refreshing("LocAlpha0001");
+	cr_assert_eq(rename(se->sdir, se->away), 0);
+	int64_t until = harness_now_ms() + 10000;
+	while (fixture_metric_at(se->admin, "ghlproxy_token_store_write_failures_total") < 1 &&
+	       harness_now_ms() < until)
+		usleep(50000);
+	cr_assert_geq(fixture_metric_at(se->admin, "ghlproxy_token_store_write_failures_total"), 1);
+}
+
 /* The store cannot be written when a refresh ends: the new pair stays in memory, storing is
  * retried, /readyz and the metrics say so; once the store is back the pair lands in it and
  * nothing was lost. */
 Test(oauth, store_failure_keeps_the_pair_and_retries)
 {
-	char sdir[300], away[300], path[400], extra[600], *rts[1];
-	static const struct install_set one[] = { { "LocAlpha0001", "Location" } };
+	struct state_env se;
 	struct httpc_response r;
-	char addr[128], admin[128];
 
-	start_mock(MOCK_OAUTH("3000") " --oauth-delay-ms 800");
-	snprintf(sdir, sizeof(sdir), "%s/state", fx.dir);
-	snprintf(away, sizeof(away), "%s/state.away", fx.dir);
-	cr_assert_eq(mkdir(sdir, 0700), 0);
-	snprintf(path, sizeof(path), "%s/tokens.json", sdir);
-	write_store(path, one, 1, rts);
-	snprintf(extra, sizeof(extra), "GHLPROXY_STORE_PATH=%s", path);
-	char *env[] = { extra, NULL };
-	fx.proxy = spawn("proxy", NULL, env, addr, sizeof(addr), admin, sizeof(admin));
-	cr_assert_eq(get(addr, "/contacts/?locationId=LocAlpha0001", NULL, &r), 0);
-	cr_expect_eq(r.status, 200);
-	httpc_response_free(&r);
-	json_int_t g = store_generation(path);
-
-	/* The store's directory disappears while the next refresh is at HighLevel (the mock
-	 * holds its answer 800 ms): the new pair cannot be stored. */
-	int64_t until = harness_now_ms() + 10000;
-	while (!refreshing("LocAlpha0001") && harness_now_ms() < until)
-		usleep(20000);
-	cr_assert(refreshing("LocAlpha0001"), "no refresh within 10 s");
-	cr_assert_eq(rename(sdir, away), 0);
-	until = harness_now_ms() + 10000;
-	while (fixture_metric_at(admin, "ghlproxy_token_store_write_failures_total") < 1 &&
-	       harness_now_ms() < until)
-		usleep(50000);
-	cr_expect_geq(fixture_metric_at(admin, "ghlproxy_token_store_write_failures_total"), 1);
-	cr_assert_eq(get(admin, "/readyz", NULL, &r), 0);
+	state_env_start(&se);
+	json_int_t g = store_generation(se.path);
+	state_env_lose_dir(&se);
+	cr_assert_eq(get(se.admin, "/readyz", NULL, &r), 0);
 	cr_expect_eq(r.status, 503);
 	cr_expect(strstr((const char *)r.body, "not stored") != NULL, "%s", r.body);
 	httpc_response_free(&r);
 
 	/* Back: the pair held in memory is stored, and requests flow again. */
-	cr_assert_eq(rename(away, sdir), 0);
-	until = harness_now_ms() + 10000;
-	while (store_generation(path) <= g && harness_now_ms() < until)
+	cr_assert_eq(rename(se.away, se.sdir), 0);
+	int64_t until = harness_now_ms() + 10000;
+	while (store_generation(se.path) <= g && harness_now_ms() < until)
 		usleep(50000);
-	cr_expect_gt(store_generation(path), g, "the pair held in memory was never stored");
-	cr_assert_eq(get(addr, "/contacts/?locationId=LocAlpha0001", NULL, &r), 0);
+	cr_expect_gt(store_generation(se.path), g, "the pair held in memory was never stored");
+	cr_assert_eq(get(se.addr, "/contacts/?locationId=LocAlpha0001", NULL, &r), 0);
 	cr_expect_eq(r.status, 200, "%d %s", r.status, r.body);
 	httpc_response_free(&r);
-	cr_assert_eq(get(admin, "/readyz", NULL, &r), 0);
+	cr_assert_eq(get(se.admin, "/readyz", NULL, &r), 0);
 	cr_expect_eq(r.status, 200, "%s", r.body);
 	httpc_response_free(&r);
 	cr_expect_eq(stat_of("reuses"), 0);
 	cr_expect_eq(stat_of("invalid_grants"), 0);
-	free(rts[0]);
+	free(se.rts[0]);
 }
 
 /* An API 1.0 key is a JWT of any length: a long one goes upstream whole, on the /v1/ host. */
@@ -922,15 +950,6 @@ static int readyz_status(const char *admin)
 	return st;
 }
 
-static void wait_refreshing(const char *resource)
-{
-	int64_t until = harness_now_ms() + 10000;
-
-	while (!refreshing(resource) && harness_now_ms() < until)
-		usleep(20000);
-	cr_assert(refreshing(resource), "no refresh within 10 s");
-}
-
 /*
  * SIGTERM while a new pair cannot be stored (the store's directory is gone): the drain waits
  * for it, retrying the store, instead of exiting with the only live refresh token in memory.
@@ -940,47 +959,42 @@ static void wait_refreshing(const char *resource)
  */
 Test(oauth, drain_waits_for_the_new_pair_to_be_stored)
 {
-	char sdir[300], away[300], path[400], extra[600], *rts[1];
-	static const struct install_set one[] = { { "LocAlpha0001", "Location" } };
+	struct state_env se;
 	struct httpc_response r;
-	char addr[128], admin[128];
 
-	start_mock(MOCK_OAUTH("3000") " --oauth-delay-ms 800");
-	snprintf(sdir, sizeof(sdir), "%s/state", fx.dir);
-	snprintf(away, sizeof(away), "%s/state.away", fx.dir);
-	cr_assert_eq(mkdir(sdir, 0700), 0);
-	snprintf(path, sizeof(path), "%s/tokens.json", sdir);
-	write_store(path, one, 1, rts);
-	snprintf(extra, sizeof(extra), "GHLPROXY_STORE_PATH=%s", path);
-	char *env[] = { extra, NULL };
-	fx.proxy = spawn("proxy", NULL, env, addr, sizeof(addr), admin, sizeof(admin));
-	cr_assert_eq(get(addr, "/contacts/?locationId=LocAlpha0001", NULL, &r), 0);
-	cr_expect_eq(r.status, 200);
-	httpc_response_free(&r);
-	wait_refreshing("LocAlpha0001");
-	cr_assert_eq(rename(sdir, away), 0);
-	int64_t until = harness_now_ms() + 10000;
-	while (fixture_metric_at(admin, "ghlproxy_token_store_write_failures_total") < 1 &&
-	       harness_now_ms() < until)
-		usleep(50000);
-	cr_assert_eq(readyz_status(admin), 503, "the store did not fail");
+	state_env_start(&se);
+	state_env_lose_dir(&se);
+	cr_assert_eq(readyz_status(se.admin), 503, "the store did not fail");
 
 	harness_kill(fx.proxy, SIGTERM);
 	cr_expect_eq(harness_wait_exit(fx.proxy, 1500), -1,
 	             "the proxy exited with a pair not stored");
-	cr_assert_eq(rename(away, sdir), 0);
+	cr_assert_eq(rename(se.away, se.sdir), 0);
 	cr_expect_eq(harness_wait_exit(fx.proxy, 10000), 0, "no clean exit once stored");
 	char *log = harness_log(fx.proxy);
 	cr_expect(strstr(log, "exiting with new tokens not stored") == NULL, "a pair was left");
 	free(log);
 	harness_proc_free(fx.proxy);
-	fx.proxy = spawn("proxy2", NULL, env, addr, sizeof(addr), admin, sizeof(admin));
-	cr_assert_eq(get(addr, "/contacts/?locationId=LocAlpha0001", NULL, &r), 0);
+	fx.proxy =
+	        spawn("proxy2", NULL, se.env, se.addr, sizeof(se.addr), se.admin, sizeof(se.admin));
+	cr_assert_eq(get(se.addr, "/contacts/?locationId=LocAlpha0001", NULL, &r), 0);
 	cr_expect_eq(r.status, 200);
 	httpc_response_free(&r);
 	cr_expect_eq(stat_of("reuses"), 0, "the rotated refresh token was lost at exit");
 	cr_expect_eq(stat_of("invalid_grants"), 0);
-	free(rts[0]);
+	free(se.rts[0]);
+}
+
+/* The mock (mock_args), one location in tokens.json, and the proxy on that store. */
+static void one_location_proxy(const char *mock_args, char *path, size_t path_len, char **rts,
+                               char *addr, char *admin)
+{
+	static const struct install_set one[] = { { "LocAlpha0001", "Location" } };
+
+	start_mock(mock_args);
+	snprintf(path, path_len, "%s/tokens.json", fx.dir);
+	write_store(path, one, 1, rts);
+	fx.proxy = spawn("proxy", NULL, NULL, addr, 128, admin, 128);
 }
 
 /*
@@ -992,14 +1006,11 @@ Test(oauth, drain_waits_for_the_new_pair_to_be_stored)
 Test(oauth, import_during_a_refresh_is_kept)
 {
 	char path[400], conf[400], *rts[1], in[2048];
-	static const struct install_set one[] = { { "LocAlpha0001", "Location" } };
 	struct httpc_response r;
 	char addr[128], admin[128];
 
-	start_mock(MOCK_OAUTH("3000") " --oauth-delay-ms 1500");
-	snprintf(path, sizeof(path), "%s/tokens.json", fx.dir);
-	write_store(path, one, 1, rts);
-	fx.proxy = spawn("proxy", NULL, NULL, addr, sizeof(addr), admin, sizeof(admin));
+	one_location_proxy(MOCK_OAUTH("3000") " --oauth-delay-ms 1500", path, sizeof(path), rts,
+	                   addr, admin);
 	snprintf(conf, sizeof(conf), "%s/proxy.conf", fx.dir);
 	cr_assert_eq(get(addr, "/contacts/?locationId=LocAlpha0001", NULL, &r), 0);
 	httpc_response_free(&r);
@@ -1029,14 +1040,10 @@ Test(oauth, import_during_a_refresh_is_kept)
 Test(oauth, other_401s_spend_no_refresh_token)
 {
 	char path[400], *rts[1];
-	static const struct install_set one[] = { { "LocAlpha0001", "Location" } };
 	struct httpc_response r;
 	char addr[128], admin[128];
 
-	start_mock(MOCK_OAUTH("600000"));
-	snprintf(path, sizeof(path), "%s/tokens.json", fx.dir);
-	write_store(path, one, 1, rts);
-	fx.proxy = spawn("proxy", NULL, NULL, addr, sizeof(addr), admin, sizeof(admin));
+	one_location_proxy(MOCK_OAUTH("600000"), path, sizeof(path), rts, addr, admin);
 	cr_assert_eq(get(addr, "/contacts/?locationId=LocAlpha0001", NULL, &r), 0);
 	cr_expect_eq(r.status, 200);
 	httpc_response_free(&r);
@@ -1050,6 +1057,24 @@ Test(oauth, other_401s_spend_no_refresh_token)
 	free(rts[0]);
 }
 
+/* The mock (mock_args), Redis holding one location's entry, and the proxies' [redis] config
+ * in extra. Returns the seeded refresh token (caller frees) and a connection to Redis. */
+static char *redis_one_location(const char *mock_args, char *extra, size_t extra_len,
+                                redisContext **out)
+{
+	start_mock(mock_args);
+	redis = fixture_redis_start(fx.dir, "redis", NULL, redis_sock, sizeof(redis_sock));
+	cr_assert(redis);
+	redisContext *c = redisConnectUnix(redis_sock);
+	cr_assert(c && !c->err);
+	char *rt = seed("Location", "LocAlpha0001", NULL);
+	redis_put(c, "LocAlpha0001", "Location", rt);
+	snprintf(extra, extra_len, "[limits]\nbackend = redis\n[redis]\nurl = unix://%s\n",
+	         redis_sock);
+	*out = c;
+	return rt;
+}
+
 /*
  * Redis store: the refresh lock is lost while the token call is out (it expired, Redis
  * restarted): the compare-and-set says so; the proxy reads the entry, finds it unchanged, takes
@@ -1058,19 +1083,13 @@ Test(oauth, other_401s_spend_no_refresh_token)
  */
 Test(oauth, redis_lock_lost_mid_refresh_still_stores)
 {
-	char *rt, extra[600];
+	char extra[600];
 	char addr[128], admin[128];
 	struct httpc_response r;
+	redisContext *c;
+	char *rt = redis_one_location(MOCK_OAUTH("3000") " --oauth-delay-ms 1500", extra,
+	                              sizeof(extra), &c);
 
-	start_mock(MOCK_OAUTH("3000") " --oauth-delay-ms 1500");
-	redis = fixture_redis_start(fx.dir, "redis", NULL, redis_sock, sizeof(redis_sock));
-	cr_assert(redis);
-	redisContext *c = redisConnectUnix(redis_sock);
-	cr_assert(c && !c->err);
-	rt = seed("Location", "LocAlpha0001", NULL);
-	redis_put(c, "LocAlpha0001", "Location", rt);
-	snprintf(extra, sizeof(extra), "[limits]\nbackend = redis\n[redis]\nurl = unix://%s\n",
-	         redis_sock);
 	fx.proxy = spawn("proxy", extra, NULL, addr, sizeof(addr), admin, sizeof(admin));
 	cr_assert_eq(get(addr, "/contacts/?locationId=LocAlpha0001", NULL, &r), 0);
 	httpc_response_free(&r);
@@ -1105,22 +1124,15 @@ Test(oauth, redis_lock_lost_mid_refresh_still_stores)
  */
 Test(oauth, redis_reinstall_reaches_every_proxy)
 {
-	char *rt, extra[600];
+	char extra[600];
 	char addr[2][128], admin[2][128];
 	struct httpc_response r;
+	redisContext *c;
+	char *rt = redis_one_location(MOCK_OAUTH("60000"), extra, sizeof(extra), &c);
 
-	start_mock(MOCK_OAUTH("60000"));
-	redis = fixture_redis_start(fx.dir, "redis", NULL, redis_sock, sizeof(redis_sock));
-	cr_assert(redis);
-	redisContext *c = redisConnectUnix(redis_sock);
-	cr_assert(c && !c->err);
-	rt = seed("Location", "LocAlpha0001", NULL);
-	redis_put(c, "LocAlpha0001", "Location", rt);
 	redisFree(c);
 	json_decref(ctl("POST", "/__mock/oauth/revoke",
 	                json_pack("{s:s}", "resource", "LocAlpha0001")));
-	snprintf(extra, sizeof(extra), "[limits]\nbackend = redis\n[redis]\nurl = unix://%s\n",
-	         redis_sock);
 	fx.proxy =
 	        spawn("proxy0", extra, NULL, addr[0], sizeof(addr[0]), admin[0], sizeof(admin[0]));
 	struct harness_proc *p1 =
@@ -1166,14 +1178,11 @@ Test(oauth, redis_reinstall_reaches_every_proxy)
 Test(oauth, odd_token_answers_keep_the_new_pair)
 {
 	char path[400], *rts[1];
-	static const struct install_set one[] = { { "LocAlpha0001", "Location" } };
 	struct httpc_response r;
 	char addr[128], admin[128];
 
-	start_mock(MOCK_OAUTH("2000") " --oauth-odd-answers");
-	snprintf(path, sizeof(path), "%s/tokens.json", fx.dir);
-	write_store(path, one, 1, rts);
-	fx.proxy = spawn("proxy", NULL, NULL, addr, sizeof(addr), admin, sizeof(admin));
+	one_location_proxy(MOCK_OAUTH("2000") " --oauth-odd-answers", path, sizeof(path), rts, addr,
+	                   admin);
 	int64_t until = harness_now_ms() + 6000;
 	int n = 0;
 	while (harness_now_ms() < until) {
