@@ -1124,9 +1124,7 @@ static void store_gave_way(struct oauth_res *r, struct ts_entry *cur)
 	ts_entry_free(r->e);
 	r->e = cur;
 	if (!cur) {
-		res_unlock(r);
-		r->phase = PH_IDLE;
-		answer_waiters(r, OAUTH_NO_TOKEN, "the token was removed from the store");
+		after_read(r, false); /* as a removal read under the lock */
 		return;
 	}
 	r->o->st.adopted++;
@@ -1592,28 +1590,18 @@ enum oauth_status oauth_token(struct oauth *o, const char *resource, const char 
 	return OAUTH_WAIT;
 }
 
-/* Does body (not NUL-terminated) hold `word`, ignoring case? */
-static bool body_mentions(const void *body, size_t len, const char *word)
-{
-	const char *b = body;
-	size_t n = strlen(word);
-
-	for (size_t i = 0; b && n <= len && i <= len - n; i++)
-		if (strncasecmp(b + i, word, n) == 0)
-			return true;
-	return false;
-}
-
-bool oauth_unauthorized(struct oauth *o, const char *resource, const char *token, const void *body,
-                        size_t body_len)
+bool oauth_unauthorized(struct oauth *o, const char *resource, const char *token,
+                        struct evbuffer *body)
 {
 	struct oauth_res *r = res_find(o, resource);
+	char msg[160];
 
 	if (!r || !token || strcmp(res_token(r), token) != 0)
 		return true; /* already replaced: sending again takes the new token */
 	/* HighLevel says "Invalid JWT" for a token it refuses; its text for an expired one is
 	 * not known, so a 401 on a token within REFUSED_NEAR_EXPIRY_MS of its exp counts too. */
-	if (!body_mentions(body, MIN(body_len, (size_t)4096), "invalid jwt") &&
+	answer_message(body, msg, sizeof(msg));
+	if (!strcasestr(msg, "invalid jwt") &&
 	    res_expires(r) - wall_ms() > REFUSED_NEAR_EXPIRY_MS) {
 		log_fields(LOG_INFO,
 		           "HighLevel answered 401 for another reason than the token: not "

@@ -32,6 +32,7 @@
 
 struct config;
 struct event_base;
+struct evbuffer;
 struct evhttp_request;
 struct oauth;
 struct oauth_res;
@@ -106,8 +107,8 @@ void oauth_cancel(struct oauth_waiter *w);
  * other 401 (a missing or invalid Version header, a scope the app lacks) returns false: a
  * refresh would spend a single-use refresh token and change nothing.
  */
-bool oauth_unauthorized(struct oauth *o, const char *resource, const char *token, const void *body,
-                        size_t body_len);
+bool oauth_unauthorized(struct oauth *o, const char *resource, const char *token,
+                        struct evbuffer *body);
 
 /* Admin endpoints: /oauth/start (redirect to the authorize page) and /oauth/callback (exchange
  * the install code, store the pair, say which resource was installed). True when handled. */

@@ -433,10 +433,8 @@ static void on_up_done(struct upstream_exchange *x, enum upstream_result r, cons
 	 * refresh and send again, once. Its body says whether it was the token. */
 	if (r == UPSTREAM_OK && p->status == 401 && p->use_oauth && !p->retried_401 &&
 	    p->px->oauth && p->state == RS_BUFFERING) {
-		size_t n = evbuffer_get_length(p->resp_body);
-		const unsigned char *body = evbuffer_pullup(p->resp_body, (ev_ssize_t)MIN(n, 4096));
 		p->resend_on_401 = oauth_unauthorized(p->px->oauth, p->key.resource, p->oauth_token,
-		                                      body, MIN(n, 4096)) &&
+		                                      p->resp_body) &&
 		                   util_now_ms() < p->deadline_ms;
 	}
 	if (r == UPSTREAM_OK && (p->resend_on_429 || p->resend_on_401) &&

@@ -84,7 +84,7 @@ struct upstream_exchange {
 	bool in_send; /* inside upstream_send: evhttp may call back synchronously */
 	bool in_cb;   /* inside a head/body callback: evhttp must not be re-entered */
 	bool deferred_done;
-	bool ends_at_close; /* the answer has no length and no chunks: the close delimits it */
+	bool ends_at_close; /* TLS, and the answer has no length and no chunks: the close ends it */
 	char detail[400];
 };
 
@@ -357,8 +357,9 @@ static int on_evhttp_head(struct evhttp_request *req, void *arg)
 		return -1;
 	event_del(x->timer);
 	x->phase = X_BODY;
-	/* Judged now: on_head may move the framing headers out of evhttp's list. */
-	x->ends_at_close = answer_ends_at_close(x, req);
+	/* Judged now (on_head may move the framing headers out of evhttp's list), and only where
+	 * the close can be told from a cut: on TLS. */
+	x->ends_at_close = x->conn && x->conn->ssl && answer_ends_at_close(x, req);
 	if (x->conn && x->conn->ssl && !x->conn->session_saved) {
 		/* Keep a resumable session so the next new connection skips a full handshake. */
 		SSL_SESSION *s = SSL_get1_session(x->conn->ssl);
@@ -420,7 +421,7 @@ static void on_evhttp_done(struct evhttp_request *req, void *arg)
 		finish(x, r, x->detail[0] ? x->detail : NULL);
 		return;
 	}
-	if (x->ends_at_close && x->conn && x->conn->ssl && !x->conn->close_notify) {
+	if (x->ends_at_close && x->conn && !x->conn->close_notify) {
 		/* A bare TCP close ended an answer that only the close delimits: the server did not
 		 * say it was done (no close_notify), so the body may be cut short, by the server or
 		 * by anyone in between. Passed on, it would look whole. */

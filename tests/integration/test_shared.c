@@ -60,6 +60,16 @@ static void stop(void)
 	fixture_stop(&fx);
 }
 
+/* Wait until a proxy's metric has a value; fail the test if it never does. */
+static void wait_metric(const char *admin, const char *series, double want, int64_t within_ms)
+{
+	int64_t until = harness_now_ms() + within_ms;
+
+	while (fixture_metric_at(admin, series) != want && harness_now_ms() < until)
+		usleep(50000);
+	cr_assert_eq(fixture_metric_at(admin, series), want, "%s never became %g", series, want);
+}
+
 /* The mock (strict, jittered), Redis, and n proxies on it; skew[i]: proxy i's clock offset. */
 static void start_env(int n, const int *skew_ms, const char *env_extra)
 {
@@ -85,14 +95,8 @@ static void start_env(int n, const int *skew_ms, const char *env_extra)
 		cr_assert(proxies[i], "proxy %d did not start", i);
 	}
 	/* Shared mode is reached once each proxy's first heartbeat found Redis. */
-	for (int i = 0; i < n; i++) {
-		int64_t until = harness_now_ms() + 10000;
-		while (fixture_metric_at(admins[i], "ghlproxy_redis_up") != 1 &&
-		       harness_now_ms() < until)
-			usleep(20000);
-		cr_assert_eq(fixture_metric_at(admins[i], "ghlproxy_redis_up"), 1,
-		             "proxy %d never reached Redis", i);
-	}
+	for (int i = 0; i < n; i++)
+		wait_metric(admins[i], "ghlproxy_redis_up", 1, 10000);
 }
 
 static void start(int n, const int *skew_ms)
@@ -495,14 +499,8 @@ Test(shared, started_before_redis)
 	redis = fixture_redis_start(fx.dir, "redis", NULL, sock, sizeof(sock));
 	cr_assert(redis, "redis did not start");
 	/* Reached, then the common rejoin time: REJOIN_LAG_MS (7 s) + W + guard after. */
-	for (int i = 0; i < 2; i++) {
-		int64_t until = harness_now_ms() + 30000;
-		while (fixture_metric_at(admins[i], "ghlproxy_redis_fallback") != 0 &&
-		       harness_now_ms() < until)
-			usleep(50000);
-		cr_assert_eq(fixture_metric_at(admins[i], "ghlproxy_redis_fallback"), 0,
-		             "proxy %d never rejoined", i);
-	}
+	for (int i = 0; i < 2; i++)
+		wait_metric(admins[i], "ghlproxy_redis_fallback", 0, 30000);
 	usleep(500 * 1000); /* the merges of the rejoin go through */
 	fixture_mock_reset(fx.mock_ctl);
 	memset(run.by_status, 0, sizeof(run.by_status));
@@ -534,15 +532,6 @@ static void redis_only_key(const char *pattern, char *out, size_t len)
 	cr_assert_eq(rep->elements, 1, "%zu keys match %s", rep->elements, pattern);
 	snprintf(out, len, "%s", rep->element[0]->str);
 	freeReplyObject(rep);
-}
-
-static void wait_metric(const char *admin, const char *series, double want, int64_t within_ms)
-{
-	int64_t until = harness_now_ms() + within_ms;
-
-	while (fixture_metric_at(admin, series) != want && harness_now_ms() < until)
-		usleep(50000);
-	cr_assert_eq(fixture_metric_at(admin, series), want, "%s never became %g", series, want);
 }
 
 /*
