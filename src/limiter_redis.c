@@ -147,6 +147,7 @@ struct args {
 	char keys[4][CLASSIFY_KEY_MAX * 2 + 96];
 	int n;
 };
+_Static_assert(sizeof(((struct args *)0)->buf[0]) >= UTIL_I64_LEN, "a number fits an argument");
 
 static void arg_str(struct args *a, const char *s)
 {
@@ -157,8 +158,31 @@ static void arg_str(struct args *a, const char *s)
 
 static void arg_num(struct args *a, int64_t x)
 {
-	snprintf(a->buf[a->n], sizeof(a->buf[a->n]), "%lld", (long long)x);
-	arg_str(a, a->buf[a->n]);
+	a->v[a->n] = a->buf[a->n];
+	a->len[a->n] = util_fmt_i64(a->buf[a->n], x);
+	a->n++;
+}
+
+/* KEYS[i]: "<prefix>:{<daily key>}:<kind><burst key>", the parts joined without a format string
+ * (this runs for every decision). The buffer holds the longest names (CLASSIFY_KEY_MAX each). */
+static void arg_key(struct args *a, int i, const char *prefix, const char *dname, const char *kind,
+                    const char *bname)
+{
+	const char *parts[] = { prefix, ":{", dname, "}:", kind, bname };
+	char *k = a->keys[i];
+	size_t len = 0;
+
+	for (size_t p = 0; p < ARRAY_SIZE(parts); p++) {
+		size_t n = strlen(parts[p]);
+
+		n = MIN(n, sizeof(a->keys[i]) - 1 - len);
+		memcpy(k + len, parts[p], n);
+		len += n;
+	}
+	k[len] = '\0';
+	a->v[a->n] = k;
+	a->len[a->n] = len;
+	a->n++;
 }
 
 /* KEYS (list, burst meta, daily buckets, daily meta) and the common ARGV (op, now, N, W, guard,
@@ -169,12 +193,10 @@ static void args_begin(struct args *a, struct limiter_redis *r, const struct lke
 	struct limiter *l = r->l;
 
 	a->n = 0;
-	snprintf(a->keys[0], sizeof(a->keys[0]), "%s:{%s}:b:%s", r->prefix, d->name, b->name);
-	snprintf(a->keys[1], sizeof(a->keys[1]), "%s:{%s}:mb:%s", r->prefix, d->name, b->name);
-	snprintf(a->keys[2], sizeof(a->keys[2]), "%s:{%s}:d", r->prefix, d->name);
-	snprintf(a->keys[3], sizeof(a->keys[3]), "%s:{%s}:md", r->prefix, d->name);
-	for (int i = 0; i < 4; i++)
-		arg_str(a, a->keys[i]);
+	arg_key(a, 0, r->prefix, d->name, "b:", b->name);
+	arg_key(a, 1, r->prefix, d->name, "mb:", b->name);
+	arg_key(a, 2, r->prefix, d->name, "d", "");
+	arg_key(a, 3, r->prefix, d->name, "md", "");
 	arg_str(a, op);
 	arg_str(a, ""); /* now: Redis TIME */
 	arg_num(a, l->burst);

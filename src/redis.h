@@ -122,6 +122,15 @@ void redis_script_init(struct redis_script *sc, const char *source);
 int redis_evalsha(struct redis *r, struct redis_script *sc, int nkeys, int nargs, const char **argv,
                   const size_t *argvlen, redis_reply_cb cb, void *arg);
 
+/*
+ * A command in RESP, byte for byte as hiredis' redisFormatCommandArgv writes it ("*<argc>\r\n",
+ * then "$<len>\r\n<bytes>\r\n" per argument; argvlen NULL: NUL-terminated strings). Commands
+ * are sent so, formatted once into one buffer. redis_format_bound is the room it needs, at most
+ * (SIZE_MAX when that does not fit a size_t); redis_format_argv returns the length written.
+ */
+size_t redis_format_bound(int argc, const char **argv, const size_t *argvlen);
+size_t redis_format_argv(char *out, int argc, const char **argv, const size_t *argvlen);
+
 /* Counters since redis_new, for metrics. */
 struct redis_stats {
 	uint64_t commands;   /* commands accepted (each has had or will have its callback) */

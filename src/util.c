@@ -72,6 +72,25 @@ const char *util_http_date(void)
 	return date;
 }
 
+size_t util_fmt_i64(char *buf, int64_t v)
+{
+	char tmp[UTIL_I64_LEN];
+	/* the magnitude as unsigned: -INT64_MIN does not fit an int64_t */
+	uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+	size_t n = 0, len = 0;
+
+	do {
+		tmp[n++] = (char)('0' + u % 10);
+		u /= 10;
+	} while (u);
+	if (v < 0)
+		buf[len++] = '-';
+	while (n)
+		buf[len++] = tmp[--n];
+	buf[len] = '\0';
+	return len;
+}
+
 size_t util_strlcpy(char *dst, const char *src, size_t size)
 {
 	size_t len = strlen(src);

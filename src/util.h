@@ -29,6 +29,11 @@ int64_t util_wall_ms(void);
  * per thread; valid until the caller's thread calls it again. */
 const char *util_http_date(void);
 
+/* v in decimal, NUL-terminated, into buf (UTIL_I64_LEN bytes suffice); returns its length. The
+ * hot paths' snprintf("%lld") without the format parsing. */
+#define UTIL_I64_LEN 21
+size_t util_fmt_i64(char *buf, int64_t v);
+
 /* Copy at most size-1 bytes and NUL-terminate; returns strlen(src) (truncated if >= size). */
 size_t util_strlcpy(char *dst, const char *src, size_t size);
 
