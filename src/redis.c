@@ -509,7 +509,7 @@ static size_t resp_head(char *p, char kind, size_t n)
 
 size_t redis_format_bound(int argc, const char **argv, const size_t *argvlen)
 {
-	size_t bound = RESP_HEAD_MAX;
+	size_t bound = RESP_HEAD_MAX + 1; /* + the NUL */
 
 	for (int i = 0; i < argc; i++) {
 		size_t len = argvlen ? argvlen[i] : strlen(argv[i]);
@@ -535,6 +535,7 @@ size_t redis_format_argv(char *out, int argc, const char **argv, const size_t *a
 		out[off++] = '\r';
 		out[off++] = '\n';
 	}
+	out[off] = '\0'; /* hiredis reads one byte past the command, as its own have a NUL there */
 	return off;
 }
 

@@ -125,8 +125,9 @@ int redis_evalsha(struct redis *r, struct redis_script *sc, int nkeys, int nargs
 /*
  * A command in RESP, byte for byte as hiredis' redisFormatCommandArgv writes it ("*<argc>\r\n",
  * then "$<len>\r\n<bytes>\r\n" per argument; argvlen NULL: NUL-terminated strings). Commands
- * are sent so, formatted once into one buffer. redis_format_bound is the room it needs, at most
- * (SIZE_MAX when that does not fit a size_t); redis_format_argv returns the length written.
+ * are sent so, formatted once into one buffer. redis_format_bound is the room it needs, at most,
+ * with a NUL after the command (SIZE_MAX when that does not fit a size_t); redis_format_argv
+ * returns the command's length, the NUL not counted.
  */
 size_t redis_format_bound(int argc, const char **argv, const size_t *argvlen);
 size_t redis_format_argv(char *out, int argc, const char **argv, const size_t *argvlen);

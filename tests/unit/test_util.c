@@ -80,6 +80,7 @@ static void check_resp(int argc, const char **argv, const size_t *argvlen)
 	size_t len = redis_format_argv(got, argc, argv, argvlen);
 	cr_assert_eq(len, (size_t)wlen, "length %zu, want %d", len, wlen);
 	cr_assert(memcmp(got, want, len) == 0, "bytes differ from redisFormatCommandArgv");
+	cr_assert_eq(got[len], '\0', "no NUL after the command (hiredis reads that byte)");
 	cr_assert_eq(got[bound], 'x', "wrote past the bound");
 	free(got);
 	free(want);
