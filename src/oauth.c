@@ -10,11 +10,12 @@
  *        ─► POST /oauth/token (or /oauth/locationToken) ─► store the new pair ─► unlock ─► done
  *
  * With the file store, lock is ts_refresh_lock (a flock held for the whole refresh) and the
- * store steps are ts_file_load / ts_file_update (synchronous: the file is small and refreshes
- * rare). With Redis, lock is SET NX PX with this process's owner id, the read is HMGET, the
- * write the compare-and-set script of token_store.h (generation + lock owner), the unlock a
- * compare-and-delete. A busy lock means another process is refreshing: the step is retried
- * after a short wait, reading the store first, so the winner's pair is adopted.
+ * store steps are ts_file_load / ts_file_update, run on a helper thread (offload.h: the file
+ * holds every resource, megabytes for a thousand of them) and finished on the loop. With Redis,
+ * lock is SET NX PX with this process's owner id, the read is HMGET, the write the compare-and-set
+ * script of token_store.h (generation + lock owner), the unlock a compare-and-delete. A busy lock
+ * means another process is refreshing: the step is retried after a short wait, reading the store
+ * first, so the winner's pair is adopted.
  *
  * Waiters (requests) queue on the resource and are answered when the chain ends, or at their
  * deadline. A timer per resource refreshes ahead of expiry (oauth.refresh_ahead), retries after
@@ -42,6 +43,7 @@
 #include "jwt.h"
 #include "log.h"
 #include "metrics.h"
+#include "offload.h"
 #include "redis.h"
 #include "token_store.h"
 #include "upstream.h"
@@ -51,6 +53,7 @@
 #define LOCK_RETRY_MS          200
 #define LOCK_TTL_MS            60000 /* above any token call: a lock never expires mid-refresh */
 #define STORE_RETRY_MS         1000
+#define STORE_EXIT_WAIT_MS     5000 /* at exit, for a file read or write on the helper thread */
 #define BACKOFF_MIN_MS         1000
 #define BACKOFF_MAX_MS         60000
 #define INACTIVE_MIN_MS        30000
@@ -88,7 +91,10 @@ struct oauth_res {
 	char *dead_token;         /* the token that got the 401 (wiped) */
 	struct ts_entry *pending; /* a new pair not yet stored */
 	uint64_t base_gen;        /* generation the refresh started from */
+	uint64_t start_gen;       /* generation held when the refresh began (file store: a newer
+	                           * one found in the store means another process refreshed) */
 	int lock_fd;              /* file store flock, or -1 */
+	struct file_job *job;     /* file store: the read or write on the helper thread, or NULL */
 	bool redis_locked;
 	struct event *timer; /* refresh ahead, retries */
 	int64_t backoff_ms;
@@ -119,7 +125,8 @@ struct oauth {
 	char prefix[80];
 	char owner[40];
 	struct event *sync_timer;
-	bool sync_busy;
+	bool sync_busy;     /* a sync in flight (Redis commands, or the file's job) */
+	struct offload *ow; /* file store: the thread that reads and writes the file */
 	LIST_HEAD(, oauth_res) res;
 	struct oauth_stats st;
 	/* install callbacks in progress */
@@ -134,6 +141,55 @@ struct install {
 	struct upstream_exchange *x;
 	struct evbuffer *answer;
 	int status;
+};
+
+/*
+ * What the store holds for a resource whose new pair (r->pending) is to be written, when that
+ * may not be the entry the refresh started from (generation r->base_gen): a write whose answer
+ * was lost, an import, an install or a removal during the refresh, a lost Redis lock.
+ */
+enum store_finding {
+	FOUND_OURS,    /* our pair is there already: the earlier write landed */
+	FOUND_SPENT,   /* the entry we started from, or another with the refresh token we spent:
+	                  ours goes on top of it */
+	FOUND_THEIRS,  /* another pair, written by an install or an import: it stands */
+	FOUND_REMOVED, /* removed (`ghlproxy token remove`): ours is dropped too */
+};
+
+/*
+ * The file store's reads and writes run on the helper thread (o->ow): with a thousand resources
+ * the file is megabytes, and reading it or writing it whole took a hundred milliseconds and more
+ * of the loop (bench/results/tokens.txt). A job carries what its step needs, copied, and its
+ * results back; every decision is taken on the loop when it is done, as it was before.
+ */
+enum file_job_kind {
+	FJ_SYNC,  /* the whole store, to merge (o->sync_busy while out) */
+	FJ_READ,  /* one resource's entry, read under its refresh lock */
+	FJ_STORE, /* write r->pending, judged against what the file holds */
+};
+
+struct file_job {
+	struct offload_job j; /* first: the job is the offload_job */
+	struct oauth *o;
+	struct oauth_res *r; /* FJ_READ, FJ_STORE: NULL once r let go of it */
+	enum file_job_kind kind;
+	/* in */
+	char *path;
+	struct ts_key key;
+	bool has_key;
+	char resource[TS_RESOURCE_MAX + 1];
+	struct ts_entry *pending; /* FJ_STORE: a copy of r->pending */
+	char *spent;              /* FJ_STORE: the refresh token the refresh spent, or NULL */
+	uint64_t base_gen;        /* FJ_STORE: r->base_gen */
+	/* out */
+	int rc;
+	char err[256];
+	struct ts_file_id id;     /* the file as read (FJ_SYNC) or as left (FJ_STORE) */
+	struct ts_set set;        /* FJ_SYNC */
+	struct ts_entry *entry;   /* FJ_READ: the resource's entry, NULL when it has none */
+	enum store_finding found; /* FJ_STORE, when the file was read */
+	bool judged;
+	struct ts_entry *theirs; /* FJ_STORE, FOUND_THEIRS: a copy of the store's entry */
 };
 
 static void step(struct oauth_res *r);
@@ -225,6 +281,8 @@ static void res_free(struct oauth_res *r)
 		upstream_cancel(r->x);
 	if (r->answer)
 		evbuffer_free(r->answer);
+	if (r->job)
+		r->job->r = NULL; /* its done frees it */
 	res_unlock(r);
 	event_free(r->timer);
 	ts_entry_free(r->e);
@@ -365,17 +423,82 @@ static void reinstall_gauge(struct oauth *o)
 	metrics_set(M_TOKENS_NEEDING_REINSTALL, n);
 }
 
-static int file_sync(struct oauth *o, bool force)
+static void file_job_free(struct file_job *fj)
 {
-	struct ts_file_id id;
-	struct ts_set set;
-	char err[256];
+	free(fj->path);
+	ts_key_wipe(&fj->key);
+	ts_entry_free(fj->pending);
+	wipe_str(&fj->spent);
+	ts_set_deinit(&fj->set);
+	ts_entry_free(fj->entry);
+	ts_entry_free(fj->theirs);
+	free(fj);
+}
 
-	if (ts_file_identity(o->path, &id) < 0)
+static struct file_job *file_job_new(struct oauth *o, struct oauth_res *r, enum file_job_kind kind,
+                                     void (*run)(struct offload_job *),
+                                     void (*done)(struct offload_job *, bool, bool))
+{
+	struct file_job *fj = calloc(1, sizeof(*fj));
+
+	if (!fj)
+		return NULL;
+	fj->j.run = run;
+	fj->j.done = done;
+	fj->o = o;
+	fj->r = r;
+	fj->kind = kind;
+	fj->path = strdup(o->path);
+	fj->has_key = o->has_key;
+	if (o->has_key)
+		fj->key = o->key;
+	if (r)
+		util_strlcpy(fj->resource, r->id, sizeof(fj->resource));
+	ts_set_init(&fj->set);
+	if (!fj->path) {
+		file_job_free(fj);
+		return NULL;
+	}
+	return fj;
+}
+
+static const struct ts_key *file_job_key(const struct file_job *fj)
+{
+	return fj->has_key ? &fj->key : NULL;
+}
+
+/* The store's content at id merged into memory: removed entries first, then every entry. */
+static void sync_apply(struct oauth *o, struct ts_set *set, const struct ts_file_id *id)
+{
+	o->file_id = *id;
+	struct oauth_res *r, *next;
+	for (r = LIST_FIRST(&o->res); r; r = next) {
+		next = LIST_NEXT(r, link);
+		if (r->e && !ts_set_find(set, r->id) && r->phase == PH_IDLE && !r->pending &&
+		    !r->job) {
+			log_info("token store: resource=%s removed", r->id);
+			answer_waiters(r, OAUTH_NO_TOKEN, "the resource's tokens were removed");
+			res_free(r);
+		}
+	}
+	while (set->n > 0) {
+		struct ts_entry *e = ts_set_take(set, set->v[set->n - 1]->resource);
+		if (!e)
+			break;
+		merge_entry(o, e);
+	}
+	reinstall_gauge(o);
+}
+
+/* Whether the store must be read again: 1 yes, 0 no (unchanged, or gone: kept in memory), <0 the
+ * file cannot be looked at. id gets what was seen. */
+static int sync_needed(struct oauth *o, bool force, struct ts_file_id *id)
+{
+	if (ts_file_identity(o->path, id) < 0)
 		return -EIO;
-	if (!force && ts_file_id_equal(&id, &o->file_id))
+	if (!force && ts_file_id_equal(id, &o->file_id))
 		return 0;
-	if (!id.exists && o->file_id.exists) {
+	if (!id->exists && o->file_id.exists) {
 		/* The file went away (a moved directory, an operator's mistake): keep what we
 		 * hold rather than forget every installation; `token remove` removes entries,
 		 * never the file. */
@@ -383,35 +506,68 @@ static int file_sync(struct oauth *o, bool force)
 			log_error("token store %s is missing: keeping the tokens in memory",
 			          o->path);
 		o->missing_logged = true;
-		return -ENOENT;
+		return 0;
 	}
 	o->missing_logged = false;
+	return 1;
+}
+
+/* At start, before the loop serves: read the store here and now. */
+static int file_sync(struct oauth *o)
+{
+	struct ts_file_id id;
+	struct ts_set set;
+	char err[256];
+	int rc = sync_needed(o, true, &id);
+
+	if (rc <= 0)
+		return rc;
 	ts_set_init(&set);
 	if (ts_file_load(o->path, o->has_key ? &o->key : NULL, &set, &id, err, sizeof(err)) < 0) {
 		log_warning("token store: %s", err);
 		ts_set_deinit(&set);
 		return -EIO;
 	}
-	o->file_id = id;
-	/* Removed entries first. */
-	struct oauth_res *r, *next;
-	for (r = LIST_FIRST(&o->res); r; r = next) {
-		next = LIST_NEXT(r, link);
-		if (r->e && !ts_set_find(&set, r->id) && r->phase == PH_IDLE && !r->pending) {
-			log_info("token store: resource=%s removed", r->id);
-			answer_waiters(r, OAUTH_NO_TOKEN, "the resource's tokens were removed");
-			res_free(r);
-		}
-	}
-	while (set.n > 0) {
-		struct ts_entry *e = ts_set_take(&set, set.v[set.n - 1]->resource);
-		if (!e)
-			break;
-		merge_entry(o, e);
-	}
+	sync_apply(o, &set, &id);
 	ts_set_deinit(&set);
-	reinstall_gauge(o);
 	return 0;
+}
+
+static void run_sync(struct offload_job *j)
+{
+	struct file_job *fj = (struct file_job *)j;
+
+	fj->rc = ts_file_load(fj->path, file_job_key(fj), &fj->set, &fj->id, fj->err,
+	                      sizeof(fj->err));
+}
+
+static void sync_done(struct offload_job *j, bool ran, bool stopping)
+{
+	struct file_job *fj = (struct file_job *)j;
+	struct oauth *o = fj->o;
+
+	o->sync_busy = false;
+	if (ran && !stopping) {
+		if (fj->rc < 0)
+			log_warning("token store: %s", fj->err);
+		else
+			sync_apply(o, &fj->set, &fj->id);
+	}
+	file_job_free(fj);
+}
+
+/* While serving: the store is read on the helper thread when it changed, and merged when read. */
+static void file_sync_async(struct oauth *o)
+{
+	struct ts_file_id id;
+
+	if (o->sync_busy || sync_needed(o, false, &id) <= 0)
+		return;
+	struct file_job *fj = file_job_new(o, NULL, FJ_SYNC, run_sync, sync_done);
+	if (!fj)
+		return; /* out of memory: the next tick tries again */
+	o->sync_busy = true;
+	offload_submit(o->ow, &fj->j);
 }
 
 /* Redis: the index, then every entry's generation and blob. */
@@ -463,7 +619,7 @@ static void on_redis_entry(struct redis *rd, const redisReply *rep, const char *
 static void store_sync(struct oauth *o)
 {
 	if (!o->on_redis) {
-		file_sync(o, false);
+		file_sync_async(o);
 		return;
 	}
 	if (o->sync_busy || !redis_is_up(o->rd))
@@ -544,6 +700,7 @@ static void start_refresh(struct oauth_res *r)
 	if (r->e && r->e->state == TS_STATE_NEEDS_REINSTALL)
 		return;
 	r->phase = PH_LOCKING;
+	r->start_gen = r->e ? r->e->generation : 0;
 	evtimer_del(r->timer);
 	step(r);
 }
@@ -661,6 +818,50 @@ static void on_redis_cas(struct redis *rd, const redisReply *rep, const char *er
 static void on_redis_verify(struct redis *rd, const redisReply *rep, const char *error, void *arg);
 static void store_pending(struct oauth_res *r);
 
+static void run_read(struct offload_job *j)
+{
+	struct file_job *fj = (struct file_job *)j;
+
+	fj->rc = ts_file_load(fj->path, file_job_key(fj), &fj->set, NULL, fj->err, sizeof(fj->err));
+	if (fj->rc == 0)
+		fj->entry = ts_set_take(&fj->set, fj->resource);
+}
+
+/* The entry as the store holds it under the refresh lock: someone else's newer pair is taken,
+ * else the token call goes. */
+static void read_done(struct offload_job *j, bool ran, bool stopping)
+{
+	struct file_job *fj = (struct file_job *)j;
+	struct oauth_res *r = fj->r;
+
+	if (!r || stopping) {
+		if (r)
+			r->job = NULL;
+		file_job_free(fj);
+		return;
+	}
+	r->job = NULL;
+	if (!ran || fj->rc < 0) {
+		if (ran)
+			log_warning("token store: %s", fj->err);
+		file_job_free(fj);
+		fail(r, OAUTH_UNAVAILABLE, "token store unreadable");
+		return;
+	}
+	struct ts_entry *e = fj->entry;
+	fj->entry = NULL;
+	file_job_free(fj);
+	if (!e) {
+		ts_entry_free(r->e);
+		r->e = NULL;
+		after_read(r, false);
+		return;
+	}
+	bool newer = e->generation > r->start_gen;
+	adopt(r, e);
+	after_read(r, newer);
+}
+
 static void step(struct oauth_res *r)
 {
 	struct oauth *o = r->o;
@@ -677,12 +878,14 @@ static void step(struct oauth_res *r)
 		return;
 	}
 	if (!o->on_redis) {
-		uint64_t before = r->e->generation;
+		if (r->job)
+			return; /* the read under the lock is out: read_done goes on */
 		int fd = ts_refresh_lock(o->path, r->id);
 		if (fd == -EWOULDBLOCK) {
-			/* Another process refreshes: read its result when it is done. */
-			file_sync(o, false);
-			if (r->e && r->e->generation > before && token_usable(r, wall_ms())) {
+			/* Another process refreshes: its result comes in with a sync (merge_entry
+			 * takes it while we wait for the lock), and is taken at the next try. */
+			file_sync_async(o);
+			if (r->e && r->e->generation > r->start_gen && token_usable(r, wall_ms())) {
 				o->st.adopted++;
 				finish(r, OAUTH_READY, NULL);
 				return;
@@ -696,27 +899,13 @@ static void step(struct oauth_res *r)
 		}
 		r->lock_fd = fd;
 		/* Read again under the lock: only now is the refresh token surely the newest. */
-		struct ts_set set;
-		char err[256];
-		ts_set_init(&set);
-		if (ts_file_load(o->path, o->has_key ? &o->key : NULL, &set, NULL, err,
-		                 sizeof(err)) < 0) {
-			ts_set_deinit(&set);
-			log_warning("token store: %s", err);
-			fail(r, OAUTH_UNAVAILABLE, "token store unreadable");
+		struct file_job *fj = file_job_new(o, r, FJ_READ, run_read, read_done);
+		if (!fj) {
+			fail(r, OAUTH_UNAVAILABLE, "out of memory");
 			return;
 		}
-		struct ts_entry *e = ts_set_take(&set, r->id);
-		ts_set_deinit(&set);
-		if (!e) {
-			ts_entry_free(r->e);
-			r->e = NULL;
-			after_read(r, false);
-			return;
-		}
-		bool newer = e->generation > before;
-		adopt(r, e);
-		after_read(r, newer);
+		r->job = fj;
+		offload_submit(o->ow, &fj->j);
 		return;
 	}
 	char key[200];
@@ -1080,34 +1269,28 @@ static int redis_store_entry(struct oauth *o, const struct ts_entry *e, uint64_t
 	return rc < 0 ? -EIO : 0;
 }
 
-/*
- * What the store holds for a resource whose new pair (r->pending) is to be written, when that
- * may not be the entry the refresh started from (generation r->base_gen): a write whose answer
- * was lost, an import, an install or a removal during the refresh, a lost Redis lock.
- */
-enum store_finding {
-	FOUND_OURS,    /* our pair is there already: the earlier write landed */
-	FOUND_SPENT,   /* the entry we started from, or another with the refresh token we spent:
-	                  ours goes on top of it */
-	FOUND_THEIRS,  /* another pair, written by an install or an import: it stands */
-	FOUND_REMOVED, /* removed (`ghlproxy token remove`): ours is dropped too */
-};
-
 static bool tokens_equal(const char *a, const char *b)
 {
 	return a && b && strcmp(a, b) == 0;
 }
 
-static enum store_finding judge_store(const struct oauth_res *r, const struct ts_entry *cur)
+/* pending: the new pair; spent: the refresh token spent for it (NULL: none known); base_gen: the
+ * generation the refresh started from; cur: what the store holds (NULL: nothing). */
+static enum store_finding judge_entry(const struct ts_entry *pending, const char *spent,
+                                      uint64_t base_gen, const struct ts_entry *cur)
 {
 	if (!cur)
 		return FOUND_REMOVED;
-	if (tokens_equal(cur->refresh_token, r->pending->refresh_token))
+	if (tokens_equal(cur->refresh_token, pending->refresh_token))
 		return FOUND_OURS;
-	if (cur->generation == r->base_gen ||
-	    (r->e && tokens_equal(cur->refresh_token, r->e->refresh_token)))
+	if (cur->generation == base_gen || tokens_equal(cur->refresh_token, spent))
 		return FOUND_SPENT;
 	return FOUND_THEIRS;
+}
+
+static enum store_finding judge_store(const struct oauth_res *r, const struct ts_entry *cur)
+{
+	return judge_entry(r->pending, r->e ? r->e->refresh_token : NULL, r->base_gen, cur);
 }
 
 /* The pair of this refresh gives way to what the store holds (FOUND_THEIRS, FOUND_REMOVED). */
@@ -1135,37 +1318,85 @@ static void store_gave_way(struct oauth_res *r, struct ts_entry *cur)
 		       "the stored token is not usable");
 }
 
-struct file_put {
-	struct oauth_res *r;
-	struct ts_entry *theirs; /* FOUND_THEIRS: a copy of the store's entry */
-	bool removed;
-};
-
-/* File store: write r->pending, judged against what the file holds under its lock. */
+/* File store, on the helper thread: write the job's copy of r->pending, judged against what the
+ * file holds under its lock. What the judgement changes is applied to r in store_done. */
 static int mutate_pending(struct ts_set *set, void *arg, char *err, size_t err_len)
 {
-	struct file_put *fp = arg;
-	struct oauth_res *r = fp->r;
-	struct ts_entry *cur = ts_set_find(set, r->id);
+	struct file_job *fj = arg;
+	struct ts_entry *cur = ts_set_find(set, fj->resource);
 
-	switch (judge_store(r, cur)) {
+	fj->found = judge_entry(fj->pending, fj->spent, fj->base_gen, cur);
+	fj->judged = true;
+	switch (fj->found) {
 	case FOUND_OURS:
-		r->pending->generation = cur->generation;
+		fj->pending->generation = cur->generation;
 		return 1;
 	case FOUND_REMOVED:
-		fp->removed = true;
 		snprintf(err, err_len, "removed from the store");
 		return -ENOENT;
 	case FOUND_THEIRS:
-		fp->theirs = ts_entry_dup(cur);
+		fj->theirs = ts_entry_dup(cur);
 		snprintf(err, err_len, "another pair was stored meanwhile");
 		return -ESTALE;
 	case FOUND_SPENT:
 		break;
 	}
-	r->base_gen = cur->generation;
-	r->pending->generation = cur->generation + 1;
-	return mutate_put(set, r->pending, err, err_len);
+	fj->base_gen = cur->generation;
+	fj->pending->generation = cur->generation + 1;
+	return mutate_put(set, fj->pending, err, err_len);
+}
+
+static void run_store(struct offload_job *j)
+{
+	struct file_job *fj = (struct file_job *)j;
+
+	fj->rc = ts_file_update(fj->path, file_job_key(fj), mutate_pending, fj, &fj->id, fj->err,
+	                        sizeof(fj->err));
+}
+
+static void store_done(struct offload_job *j, bool ran, bool stopping)
+{
+	struct file_job *fj = (struct file_job *)j;
+	struct oauth_res *r = fj->r;
+	struct oauth *o = fj->o;
+
+	if (!r) { /* r went away meanwhile */
+		file_job_free(fj);
+		return;
+	}
+	r->job = NULL;
+	if (ran)
+		o->file_id = fj->id; /* zero when the write failed: the next sync reads again */
+	if (ran && fj->judged) {
+		r->pending->generation = fj->pending->generation;
+		if (fj->found == FOUND_SPENT)
+			r->base_gen = fj->base_gen;
+	}
+	if (stopping) {
+		/* Going away: only what the store now holds matters (oauth_free's account). */
+		if (ran && fj->rc == 0) {
+			ts_entry_free(r->pending);
+			r->pending = NULL;
+		}
+		file_job_free(fj);
+		return;
+	}
+	if (!ran || fj->rc < 0) {
+		if (ran && fj->judged && (fj->found == FOUND_REMOVED || fj->theirs)) {
+			struct ts_entry *theirs = fj->theirs;
+			fj->theirs = NULL;
+			file_job_free(fj);
+			store_gave_way(r, theirs);
+			return;
+		}
+		char why[sizeof(fj->err)];
+		util_strlcpy(why, ran ? fj->err : "not written", sizeof(why));
+		file_job_free(fj);
+		store_failed(r, why);
+		return;
+	}
+	file_job_free(fj);
+	stored(r);
 }
 
 static void store_pending(struct oauth_res *r)
@@ -1175,17 +1406,25 @@ static void store_pending(struct oauth_res *r)
 
 	r->phase = PH_STORING;
 	if (!o->on_redis) {
-		struct file_put fp = { .r = r };
-		if (ts_file_update(o->path, o->has_key ? &o->key : NULL, mutate_pending, &fp,
-		                   &o->file_id, err, sizeof(err)) < 0) {
-			if (fp.removed || fp.theirs) {
-				store_gave_way(r, fp.theirs);
-				return;
+		if (r->job)
+			return; /* the write is out: store_done goes on */
+		struct file_job *fj = file_job_new(o, r, FJ_STORE, run_store, store_done);
+		if (fj) {
+			fj->pending = ts_entry_dup(r->pending);
+			fj->base_gen = r->base_gen;
+			if (r->e && !(fj->spent = strdup(r->e->refresh_token))) {
+				file_job_free(fj);
+				fj = NULL;
 			}
-			store_failed(r, err);
+		}
+		if (!fj || !fj->pending) {
+			if (fj)
+				file_job_free(fj);
+			store_failed(r, "out of memory");
 			return;
 		}
-		stored(r);
+		r->job = fj;
+		offload_submit(o->ow, &fj->j);
 		return;
 	}
 	int rc = redis_store_entry(o, r->pending, r->base_gen, o->owner, on_redis_cas, r, err,
@@ -1528,6 +1767,7 @@ static void start_refresh_later(struct oauth_res *r)
 	if (r->phase != PH_IDLE)
 		return;
 	r->phase = PH_LOCKING;
+	r->start_gen = r->e ? r->e->generation : 0;
 	arm_in(r, 0);
 }
 
@@ -2127,11 +2367,14 @@ struct oauth *oauth_new(struct event_base *base, const struct config *cfg, struc
 			snprintf(err, err_len, "out of memory");
 			goto fail;
 		}
-		if (file_sync(o, true) < 0) {
+		if (file_sync(o) < 0) {
 			snprintf(err, err_len, "token store %s cannot be read (see the log)",
 			         o->path);
 			goto fail;
 		}
+		o->ow = offload_new(base, err, err_len);
+		if (!o->ow)
+			goto fail;
 	}
 	o->sync_timer = evtimer_new(base, on_sync_timer, o);
 	if (!o->sync_timer) {
@@ -2181,6 +2424,11 @@ void oauth_free(struct oauth *o)
 
 	if (!o)
 		return;
+	/* The file's helper first: a write it finishes still counts as stored below, and every
+	 * job's done finds the resource it points to. */
+	if (offload_free(o->ow, STORE_EXIT_WAIT_MS) > 0)
+		log_error("token store: a write was still waiting for the store's lock at exit");
+	o->ow = NULL;
 	LIST_FOREACH(r, &o->res, link)
 	{
 		if (res_unsettled(r))

@@ -7,11 +7,13 @@
  */
 #define _GNU_SOURCE /* asprintf */
 #include <dirent.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -405,6 +407,42 @@ Test(oauth, killed_after_refresh_keeps_a_live_refresh_token)
 	cr_expect_eq(stat_of("reuses"), 0, "a refresh token was spent twice");
 	cr_expect_eq(stat_of("invalid_grants"), 0);
 	free(rts[0]);
+}
+
+/*
+ * Two proxies on one store file, both under load, with tokens of 2 s: every refresh is taken by
+ * one of them (the per-resource flock) while the other waits for it and takes its pair from the
+ * file; the file's reads and writes run off both loops. No refresh token is spent twice, no
+ * request gets a 401, and the two stay within one refresh per token life.
+ */
+Test(oauth, two_proxies_share_one_store_file)
+{
+	char path[400], *rts[3], a1[128], ad1[128], a2[128], ad2[128];
+
+	start_mock(MOCK_OAUTH("2000"));
+	snprintf(path, sizeof(path), "%s/tokens.json", fx.dir);
+	write_store(path, three, 3, rts);
+	fx.proxy = spawn("proxy", NULL, NULL, a1, sizeof(a1), ad1, sizeof(ad1));
+	struct harness_proc *p2 = spawn("proxy2", NULL, NULL, a2, sizeof(a2), ad2, sizeof(ad2));
+	struct load l = { .addrs = { a1, a2 }, .n_addrs = 2 };
+	int64_t t0 = harness_now_ms();
+	run_load(&l, 20000);
+	int64_t secs = (harness_now_ms() - t0) / 1000 + 1;
+	cr_expect_eq(stat_of("reuses"), 0, "a refresh token was spent twice");
+	cr_expect_eq(stat_of("invalid_grants"), 0);
+	cr_expect_eq(stat_of("unauthorized"), 0, "HighLevel saw an expired token");
+	/* Three stored resources (two locations, the company), each token refreshed 1 s before
+	 * its 2 s are up: at most one refresh per resource per second between the two proxies,
+	 * where both refreshing every token would be twice that. */
+	json_int_t n = stat_of("refreshes");
+	cr_log_info("refreshes: %lld in %lld s", (long long)n, (long long)secs);
+	cr_expect_geq(n, 10, "tokens were not kept fresh");
+	cr_expect_leq(n, 3 * secs + 6, "both proxies refreshed the same tokens");
+	harness_kill(p2, SIGTERM);
+	cr_expect_eq(harness_wait_exit(p2, 10000), 0, "proxy2 did not exit cleanly");
+	harness_proc_free(p2);
+	for (int i = 0; i < 3; i++)
+		free(rts[i]);
 }
 
 /* ---- three proxies sharing Redis ---- */
@@ -872,6 +910,21 @@ static void state_env_lose_dir(struct state_env *se)
 	cr_assert_geq(fixture_metric_at(se->admin, "ghlproxy_token_store_write_failures_total"), 1);
 }
 
+/* The pair held in memory reaches the store (a generation above g) within 10 s, and the location
+ * is served with it. */
+static void expect_stored_then_served(const struct state_env *se, json_int_t g, const char *why)
+{
+	struct httpc_response r;
+	int64_t until = harness_now_ms() + 10000;
+
+	while (store_generation(se->path) <= g && harness_now_ms() < until)
+		usleep(50000);
+	cr_expect_gt(store_generation(se->path), g, "%s", why);
+	cr_assert_eq(get(se->addr, "/contacts/?locationId=LocAlpha0001", NULL, &r), 0);
+	cr_expect_eq(r.status, 200, "%d %s", r.status, r.body);
+	httpc_response_free(&r);
+}
+
 /* The store cannot be written when a refresh ends: the new pair stays in memory, storing is
  * retried, /readyz and the metrics say so; once the store is back the pair lands in it and
  * nothing was lost. */
@@ -890,16 +943,60 @@ Test(oauth, store_failure_keeps_the_pair_and_retries)
 
 	/* Back: the pair held in memory is stored, and requests flow again. */
 	cr_assert_eq(rename(se.away, se.sdir), 0);
-	int64_t until = harness_now_ms() + 10000;
-	while (store_generation(se.path) <= g && harness_now_ms() < until)
-		usleep(50000);
-	cr_expect_gt(store_generation(se.path), g, "the pair held in memory was never stored");
-	cr_assert_eq(get(se.addr, "/contacts/?locationId=LocAlpha0001", NULL, &r), 0);
-	cr_expect_eq(r.status, 200, "%d %s", r.status, r.body);
-	httpc_response_free(&r);
+	expect_stored_then_served(&se, g, "the pair held in memory was never stored");
 	cr_assert_eq(get(se.admin, "/readyz", NULL, &r), 0);
 	cr_expect_eq(r.status, 200, "%s", r.body);
 	httpc_response_free(&r);
+	cr_expect_eq(stat_of("reuses"), 0);
+	cr_expect_eq(stat_of("invalid_grants"), 0);
+	free(se.rts[0]);
+}
+
+static int readyz_status(const char *admin);
+
+/*
+ * The store's lock held by another process (`ghlproxy token import` on a large store, another
+ * proxy writing it) while a refresh stores its new pair: the write waits for the lock on the
+ * file's helper thread, and the proxy answers meanwhile (/readyz says a pair is not stored yet).
+ * Once the lock is free the pair is stored and used, and no refresh token was spent twice.
+ * (Before, the write waited on the event loop: nothing was answered, /healthz included, until
+ * the lock was released.)
+ */
+Test(oauth, store_lock_held_elsewhere_stops_nothing)
+{
+	struct state_env se;
+	struct httpc_response r;
+	char lock_path[450];
+
+	state_env_start(&se);
+	snprintf(lock_path, sizeof(lock_path), "%s.lock", se.path);
+	int lfd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	cr_assert_geq(lfd, 0);
+	cr_assert_eq(flock(lfd, LOCK_EX), 0);
+	json_int_t g = store_generation(se.path);
+	/* A refresh answered by HighLevel: its pair now waits for the lock. */
+	json_int_t refreshes = stat_of("refreshes");
+	int64_t until = harness_now_ms() + 10000;
+	while (stat_of("refreshes") <= refreshes && harness_now_ms() < until)
+		usleep(20000);
+	cr_assert_gt(stat_of("refreshes"), refreshes, "no refresh within 10 s");
+	until = harness_now_ms() + 5000;
+	while (readyz_status(se.admin) != 503 && harness_now_ms() < until)
+		usleep(20000);
+
+	for (int i = 0; i < 10; i++) {
+		memset(&r, 0, sizeof(r));
+		cr_assert_eq(httpc_request(se.admin, "GET", "/healthz", NULL, NULL, 0, &r, 2000), 0,
+		             "the proxy stopped answering while the store was locked elsewhere");
+		cr_expect_eq(r.status, 200);
+		httpc_response_free(&r);
+		usleep(100 * 1000);
+	}
+	cr_expect_eq(readyz_status(se.admin), 503, "the pair waiting for the lock is not shown");
+	cr_expect_eq(store_generation(se.path), g, "stored through a lock held elsewhere");
+
+	close(lfd); /* the lock is free: the waiting write goes through */
+	expect_stored_then_served(&se, g, "the pair was never stored");
 	cr_expect_eq(stat_of("reuses"), 0);
 	cr_expect_eq(stat_of("invalid_grants"), 0);
 	free(se.rts[0]);
