@@ -1375,8 +1375,10 @@ static void store_done(struct offload_job *j, bool ran, bool stopping)
 	if (stopping) {
 		/* Going away: only what the store now holds matters (oauth_free's account). */
 		if (ran && fj->rc == 0) {
-			ts_entry_free(r->pending);
+			ts_entry_free(r->e);
+			r->e = r->pending;
 			r->pending = NULL;
+			r->phase = PH_IDLE;
 		}
 		file_job_free(fj);
 		return;
