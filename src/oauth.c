@@ -125,8 +125,9 @@ struct oauth {
 	char prefix[80];
 	char owner[40];
 	struct event *sync_timer;
-	bool sync_busy;     /* a sync in flight (Redis commands, or the file's job) */
-	struct offload *ow; /* file store: the thread that reads and writes the file */
+	bool sync_busy;       /* a sync in flight (Redis commands, or the file's job) */
+	uint64_t loop_writes; /* file store: writes made on the loop (install, invalid grant) */
+	struct offload *ow;   /* file store: the thread that reads and writes the file */
 	LIST_HEAD(, oauth_res) res;
 	struct oauth_stats st;
 	/* install callbacks in progress */
@@ -190,6 +191,7 @@ struct file_job {
 	enum store_finding found; /* FJ_STORE, when the file was read */
 	bool judged;
 	struct ts_entry *theirs; /* FJ_STORE, FOUND_THEIRS: a copy of the store's entry */
+	uint64_t loop_writes;    /* FJ_SYNC: o->loop_writes when it was submitted */
 };
 
 static void step(struct oauth_res *r);
@@ -548,10 +550,15 @@ static void sync_done(struct offload_job *j, bool ran, bool stopping)
 
 	o->sync_busy = false;
 	if (ran && !stopping) {
-		if (fj->rc < 0)
+		if (fj->rc < 0) {
 			log_warning("token store: %s", fj->err);
-		else
+		} else if (fj->loop_writes != o->loop_writes) {
+			/* Read before a write made on the loop (an install): merging it would take
+			 * the new resource for removed. Read again at the next tick. */
+			memset(&o->file_id, 0, sizeof(o->file_id));
+		} else {
 			sync_apply(o, &fj->set, &fj->id);
+		}
 	}
 	file_job_free(fj);
 }
@@ -566,6 +573,7 @@ static void file_sync_async(struct oauth *o)
 	struct file_job *fj = file_job_new(o, NULL, FJ_SYNC, run_sync, sync_done);
 	if (!fj)
 		return; /* out of memory: the next tick tries again */
+	fj->loop_writes = o->loop_writes;
 	o->sync_busy = true;
 	offload_submit(o->ow, &fj->j);
 }
@@ -958,9 +966,10 @@ static void on_redis_read(struct redis *rd, const redisReply *rep, const char *e
 		fail(r, OAUTH_UNAVAILABLE, "token store (redis) failed");
 		return;
 	}
-	uint64_t before = r->e ? r->e->generation : 0;
 	struct ts_entry *e = decode_hmget(r->o, rep);
-	bool newer = e && e->generation > before;
+	/* Against the generation the refresh began from: a sync may have brought the winner's
+	 * entry in meanwhile, which is then taken, not refreshed again. */
+	bool newer = e && e->generation > r->start_gen;
 	if (e)
 		adopt(r, e);
 	if (!r->redis_locked) {
@@ -1379,6 +1388,14 @@ static void store_done(struct offload_job *j, bool ran, bool stopping)
 			r->e = r->pending;
 			r->pending = NULL;
 			r->phase = PH_IDLE;
+		} else if (ran && fj->judged && (fj->found == FOUND_REMOVED || fj->theirs)) {
+			/* Given way (store_gave_way): the store holds what stands. */
+			ts_entry_free(r->pending);
+			r->pending = NULL;
+			ts_entry_free(r->e);
+			r->e = fj->theirs;
+			fj->theirs = NULL;
+			r->phase = PH_IDLE;
 		}
 		file_job_free(fj);
 		return;
@@ -1599,6 +1616,7 @@ static void on_call_done(void *owner, enum upstream_result res)
 			char err[200];
 			if (!r->o->on_redis) {
 				e->generation = r->base_gen + 1;
+				r->o->loop_writes++;
 				if (ts_file_update(r->o->path, r->o->has_key ? &r->o->key : NULL,
 				                   mutate_put, e, &r->o->file_id, err,
 				                   sizeof(err)) < 0)
@@ -2060,6 +2078,7 @@ static void on_install_done(void *owner, enum upstream_result res)
 		}
 		return;
 	}
+	o->loop_writes++;
 	if (ts_file_update(o->path, o->has_key ? &o->key : NULL, mutate_install, e, &o->file_id,
 	                   err, sizeof(err)) < 0) {
 		log_fields(LOG_ERROR, "install: the token store cannot be written",
@@ -2429,7 +2448,7 @@ void oauth_free(struct oauth *o)
 	/* The file's helper first: a write it finishes still counts as stored below, and every
 	 * job's done finds the resource it points to. */
 	if (offload_free(o->ow, STORE_EXIT_WAIT_MS) > 0)
-		log_error("token store: a write was still waiting for the store's lock at exit");
+		log_error("token store: a read or write of the file was still running at exit");
 	o->ow = NULL;
 	LIST_FOREACH(r, &o->res, link)
 	{

@@ -212,13 +212,15 @@ int offload_free(struct offload *ow, int wait_ms)
 		until.tv_nsec -= 1000000000L;
 	}
 	pthread_mutex_lock(&ow->mu);
-	ow->stop = true;
-	pthread_cond_signal(&ow->wake);
-	queued = list_take_all(&ow->queue);
-	while (ow->running) {
+	/* What is queued still runs, until the time is up: a write of new tokens waiting behind a
+	 * read must land, not be dropped at exit. */
+	while (ow->running || ow->queue.head) {
 		if (pthread_cond_timedwait(&ow->settled, &ow->mu, &until) == ETIMEDOUT)
 			break;
 	}
+	ow->stop = true;
+	pthread_cond_signal(&ow->wake);
+	queued = list_take_all(&ow->queue);
 	if (ow->running)
 		left = 1; /* its done never runs: the thread drops it when it returns */
 	finished = list_take_all(&ow->finished);

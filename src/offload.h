@@ -35,10 +35,11 @@ void offload_submit(struct offload *ow, struct offload_job *j);
 size_t offload_pending(const struct offload *ow);
 
 /*
- * Stop: jobs not started are done (ran false, stopping true) at once; the running one is waited
- * for up to wait_ms, then done (ran true, stopping true) with every finished job not yet done.
- * A job still running after wait_ms (a lock held elsewhere for ever) is left to the thread, which
- * then exits without calling its done: the return value counts it (0 or 1). NULL: nothing.
+ * Stop: the queue keeps running for up to wait_ms (a write queued behind a read still lands);
+ * then every job that ran is done (ran true, stopping true), then every job that did not start
+ * (ran false, stopping true), each in order. A job still running when wait_ms is up (a lock held
+ * elsewhere for ever) is left to the thread, which then exits without calling its done: the
+ * return value counts it (0 or 1). NULL: nothing.
  */
 int offload_free(struct offload *ow, int wait_ms);
 
