@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include <event2/event.h>
+#include <openssl/crypto.h>
 
 #include "util.h"
 
@@ -38,6 +39,7 @@ struct offload {
 	size_t n_pending; /* queued + running + finished not yet done (the loop's count) */
 	bool stop;
 	int refs; /* the loop's and the thread's */
+	pthread_t tid;
 	int efd;
 	struct event *ev;
 };
@@ -102,6 +104,11 @@ static void *helper(void *arg)
 			(void)n; /* a counter already above zero wakes the loop all the same */
 		}
 	}
+	pthread_mutex_unlock(&ow->mu);
+	/* The jobs used OpenSSL (the store's cipher): free its state for this thread now, not in
+	 * a key destructor that may run after the process has begun to exit. */
+	OPENSSL_thread_stop();
+	pthread_mutex_lock(&ow->mu);
 	unref_locked_and_unlock(ow);
 	return NULL;
 }
@@ -131,7 +138,6 @@ struct offload *offload_new(struct event_base *base, char *err, size_t err_len)
 {
 	struct offload *ow = calloc(1, sizeof(*ow));
 	pthread_attr_t attr;
-	pthread_t tid;
 	sigset_t all, old;
 	int rc;
 
@@ -162,9 +168,8 @@ struct offload *offload_new(struct event_base *base, char *err, size_t err_len)
 	sigfillset(&all);
 	pthread_sigmask(SIG_SETMASK, &all, &old);
 	pthread_attr_init(&attr);
-	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
 	pthread_attr_setstacksize(&attr, STACK_SIZE);
-	rc = pthread_create(&tid, &attr, helper, ow);
+	rc = pthread_create(&ow->tid, &attr, helper, ow);
 	pthread_attr_destroy(&attr);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (rc != 0) {
@@ -225,7 +230,12 @@ int offload_free(struct offload *ow, int wait_ms)
 		left = 1; /* its done never runs: the thread drops it when it returns */
 	finished = list_take_all(&ow->finished);
 	ow->n_pending = 0;
+	pthread_t tid = ow->tid;
 	unref_locked_and_unlock(ow); /* ow is gone once the thread has let go too */
+	if (left)
+		pthread_detach(tid); /* stuck in its job: it frees ow when (if) it returns */
+	else
+		pthread_join(tid, NULL); /* it is about to exit: nothing of it outlives this call */
 	for (; finished; finished = next) {
 		next = finished->next;
 		finished->done(finished, true, true);
