@@ -149,18 +149,21 @@ struct args {
 };
 _Static_assert(sizeof(((struct args *)0)->buf[0]) >= UTIL_I64_LEN, "a number fits an argument");
 
-static void arg_str(struct args *a, const char *s)
+static void arg_push(struct args *a, const char *s, size_t len)
 {
 	a->v[a->n] = s;
-	a->len[a->n] = strlen(s);
+	a->len[a->n] = len;
 	a->n++;
+}
+
+static void arg_str(struct args *a, const char *s)
+{
+	arg_push(a, s, strlen(s));
 }
 
 static void arg_num(struct args *a, int64_t x)
 {
-	a->v[a->n] = a->buf[a->n];
-	a->len[a->n] = util_fmt_i64(a->buf[a->n], x);
-	a->n++;
+	arg_push(a, a->buf[a->n], util_fmt_i64(a->buf[a->n], x));
 }
 
 /* KEYS[i]: "<prefix>:{<daily key>}:<kind><burst key>", the parts joined without a format string
@@ -180,9 +183,7 @@ static void arg_key(struct args *a, int i, const char *prefix, const char *dname
 		len += n;
 	}
 	k[len] = '\0';
-	a->v[a->n] = k;
-	a->len[a->n] = len;
-	a->n++;
+	arg_push(a, k, len);
 }
 
 /* KEYS (list, burst meta, daily buckets, daily meta) and the common ARGV (op, now, N, W, guard,

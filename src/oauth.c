@@ -163,35 +163,29 @@ enum store_finding {
  * of the loop (bench/results/tokens.txt). A job carries what its step needs, copied, and its
  * results back; every decision is taken on the loop when it is done, as it was before.
  */
-enum file_job_kind {
-	FJ_SYNC,  /* the whole store, to merge (o->sync_busy while out) */
-	FJ_READ,  /* one resource's entry, read under its refresh lock */
-	FJ_STORE, /* write r->pending, judged against what the file holds */
-};
 
 struct file_job {
 	struct offload_job j; /* first: the job is the offload_job */
 	struct oauth *o;
-	struct oauth_res *r; /* FJ_READ, FJ_STORE: NULL once r let go of it */
-	enum file_job_kind kind;
+	struct oauth_res *r; /* read, store: NULL once r let go of it */
 	/* in */
 	char *path;
 	struct ts_key key;
 	bool has_key;
 	char resource[TS_RESOURCE_MAX + 1];
-	struct ts_entry *pending; /* FJ_STORE: a copy of r->pending */
-	char *spent;              /* FJ_STORE: the refresh token the refresh spent, or NULL */
-	uint64_t base_gen;        /* FJ_STORE: r->base_gen */
+	struct ts_entry *pending; /* store: a copy of r->pending */
+	char *spent;              /* store: the refresh token the refresh spent, or NULL */
+	uint64_t base_gen;        /* store: r->base_gen */
 	/* out */
 	int rc;
 	char err[256];
-	struct ts_file_id id;     /* the file as read (FJ_SYNC) or as left (FJ_STORE) */
-	struct ts_set set;        /* FJ_SYNC */
-	struct ts_entry *entry;   /* FJ_READ: the resource's entry, NULL when it has none */
-	enum store_finding found; /* FJ_STORE, when the file was read */
+	struct ts_file_id id;     /* the file as read (sync) or as left (store) */
+	struct ts_set set;        /* sync */
+	struct ts_entry *entry;   /* read: the resource's entry, NULL when it has none */
+	enum store_finding found; /* store, when the file was read */
 	bool judged;
-	struct ts_entry *theirs; /* FJ_STORE, FOUND_THEIRS: a copy of the store's entry */
-	uint64_t loop_writes;    /* FJ_SYNC: o->loop_writes when it was submitted */
+	struct ts_entry *theirs; /* store, FOUND_THEIRS: a copy of the store's entry */
+	uint64_t loop_writes;    /* sync: o->loop_writes when it was submitted */
 };
 
 static void step(struct oauth_res *r);
@@ -437,7 +431,7 @@ static void file_job_free(struct file_job *fj)
 	free(fj);
 }
 
-static struct file_job *file_job_new(struct oauth *o, struct oauth_res *r, enum file_job_kind kind,
+static struct file_job *file_job_new(struct oauth *o, struct oauth_res *r,
                                      void (*run)(struct offload_job *),
                                      void (*done)(struct offload_job *, bool, bool))
 {
@@ -449,7 +443,6 @@ static struct file_job *file_job_new(struct oauth *o, struct oauth_res *r, enum 
 	fj->j.done = done;
 	fj->o = o;
 	fj->r = r;
-	fj->kind = kind;
 	fj->path = strdup(o->path);
 	fj->has_key = o->has_key;
 	if (o->has_key)
@@ -570,7 +563,7 @@ static void file_sync_async(struct oauth *o)
 
 	if (o->sync_busy || sync_needed(o, false, &id) <= 0)
 		return;
-	struct file_job *fj = file_job_new(o, NULL, FJ_SYNC, run_sync, sync_done);
+	struct file_job *fj = file_job_new(o, NULL, run_sync, sync_done);
 	if (!fj)
 		return; /* out of memory: the next tick tries again */
 	fj->loop_writes = o->loop_writes;
@@ -907,7 +900,7 @@ static void step(struct oauth_res *r)
 		}
 		r->lock_fd = fd;
 		/* Read again under the lock: only now is the refresh token surely the newest. */
-		struct file_job *fj = file_job_new(o, r, FJ_READ, run_read, read_done);
+		struct file_job *fj = file_job_new(o, r, run_read, read_done);
 		if (!fj) {
 			fail(r, OAUTH_UNAVAILABLE, "out of memory");
 			return;
@@ -1427,7 +1420,7 @@ static void store_pending(struct oauth_res *r)
 	if (!o->on_redis) {
 		if (r->job)
 			return; /* the write is out: store_done goes on */
-		struct file_job *fj = file_job_new(o, r, FJ_STORE, run_store, store_done);
+		struct file_job *fj = file_job_new(o, r, run_store, store_done);
 		if (fj) {
 			fj->pending = ts_entry_dup(r->pending);
 			fj->base_gen = r->base_gen;

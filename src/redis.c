@@ -1280,7 +1280,7 @@ int redis_evalsha(struct redis *r, struct redis_script *sc, int nkeys, int nargs
 	op->argv[1] = data;
 	op->argvlen[1] = strlen(sc->sha1);
 	off = 41;
-	op->argvlen[2] = (size_t)snprintf(data + off, 12, "%d", nkeys);
+	op->argvlen[2] = util_fmt_i64(data + off, nkeys); /* nkeys < INT_MAX: 10 digits */
 	op->argv[2] = data + off;
 	off += 12;
 	for (size_t i = 0; i < n - 3; i++) {
