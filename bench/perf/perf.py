@@ -12,7 +12,9 @@ loop), for 100,000 distinct keys and for admission precision.
 Cases
   (a) plain-HTTP upstream, 32 connections, 1,000 keys, limits not binding: direct, ghlproxy,
       nginx, HAProxy, alternating, --reps times; throughput (wrk), CPU per request, and the
-      latency each adds at a fixed rate (loadgen, open loop; median over reps of target - direct)
+      latency each adds at a fixed rate (loadgen, open loop; median over reps of target - direct);
+      also "evhttp", bench/perf/evhttp_floor.c: evhttp alone as a reverse proxy, the library
+      ghlproxy is built on (DESIGN.md) with none of the proxy's own work, to tell its cost apart
   (b) the same with a TLS upstream, verified by all three
   (c) ghlproxy with the Redis backend against ghlproxy local, alternating: throughput ratio
       (target >= 0.70) and Redis round trips per admission decision (EVALSHA per forwarded)
@@ -384,6 +386,17 @@ def start_redis(ctx, name):
     raise BenchError("redis-server did not start:\n" + p.tail())
 
 
+def start_evhttp_floor(ctx):
+    """evhttp alone as a reverse proxy (bench/perf/evhttp_floor.c) to the plain mock: what the
+    library ghlproxy is built on costs per request, with none of the proxy's own work."""
+    addr = "127.0.0.1:%d" % free_port()
+    p = Proc("evhttp-floor", [ctx.floor, "--listen", addr, "--upstream", ctx.mock.plain],
+             ctx.tmp)
+    wait_tcp(addr, p)
+    p.addr = addr
+    return p
+
+
 def start_nginx(ctx):
     plain, tls = "127.0.0.1:%d" % free_port(), "127.0.0.1:%d" % free_port()
     ndir = os.path.join(ctx.tmp, "nginx")
@@ -542,7 +555,7 @@ def throughput_case(ctx, out, case, targets, latency=True):
 
 
 def ratios(out, case, summary, who="ghlproxy"):
-    for other in ("nginx", "haproxy"):
+    for other in ("nginx", "haproxy", "evhttp"):
         if who in summary and other in summary:
             r = summary[who]["rps"] / summary[other]["rps"]
             out.put("%s_throughput_ratio_%s_vs_%s" % (case, who, other), r)
@@ -564,17 +577,22 @@ def check_not_binding(out, case, name, admin, before):
                                                                            name))
 
 
-def proxies_case(ctx, out, case, g, direct_url, nginx_addr, haproxy_addr):
-    """Cases (a) and (b): the same load directly and through each proxy, alternating."""
+def proxies_case(ctx, out, case, g, direct_url, nginx_addr, haproxy_addr, floor=None):
+    """Cases (a) and (b): the same load directly and through each proxy, alternating; with
+    floor, also through evhttp alone (the reference for the library's own cost)."""
     n, h, m = ctx.nginx_p, ctx.haproxy_p, ctx.mock
     targets = [("direct", direct_url, m.plain, lambda: [m.pid]),
                ("ghlproxy", "http://%s/" % g.addr, g.addr, lambda: [g.pid]),
                ("nginx", "http://%s/" % nginx_addr, nginx_addr, lambda: children(n.pid)),
                ("haproxy", "http://%s/" % haproxy_addr, haproxy_addr, lambda: [h.pid])]
+    if floor:
+        targets.append(("evhttp", "http://%s/" % floor.addr, floor.addr, lambda: [floor.pid]))
     q0 = metric(g.admin, QUEUED)
     s = throughput_case(ctx, out, case, targets)
     check_not_binding(out, case, "ghlproxy", g.admin, q0)
     ratios(out, case, s)
+    if floor:
+        ratios(out, case, s, who="evhttp")
     ctx.summary[case] = s
 
 
@@ -582,7 +600,7 @@ def case_a(ctx, out):
     out.section("(a) plain-HTTP upstream, %d keep-alive connections, %d keys, limits not binding"
                 % (CONNS, KEYS))
     proxies_case(ctx, out, "a", ctx.gl_plain, "http://%s/" % ctx.mock.plain,
-                 ctx.nginx_p.plain, ctx.haproxy_p.plain)
+                 ctx.nginx_p.plain, ctx.haproxy_p.plain, floor=ctx.floor_p)
     out.put("a_ghlproxy_rss_after_kib", proc_status(ctx.gl_plain.pid)["VmRSS"])
 
 
@@ -914,10 +932,10 @@ def case_p(ctx, out):
     out.section("(p) what one request costs each proxy, counted: user-space instructions "
                 "(callgrind) and system calls (strace), %d requests of case (a)" % n)
     fig = {}
-    g, ng, h = ctx.gl_plain, ctx.nginx_p, ctx.haproxy_p
+    g, ng, h, ev = ctx.gl_plain, ctx.nginx_p, ctx.haproxy_p, ctx.floor_p
     for name, pids, addr in (("ghlproxy", [g.pid], g.addr),
                              ("nginx", [p for p in children(ng.pid) if p != ng.pid], ng.plain),
-                             ("haproxy", [h.pid], h.plain)):
+                             ("haproxy", [h.pid], h.plain), ("evhttp", [ev.pid], ev.addr)):
         calls, epoll = syscalls(ctx, pids, addr, n)
         out.put("p_%s_syscalls_per_request" % name, calls)
         out.put("p_%s_epoll_ctl_per_request" % name, epoll)
@@ -947,7 +965,10 @@ def case_p(ctx, out):
                                      "HAPROXY_TLS": "127.0.0.1:%d" % free_port()}))
     fig["haproxy"]["ir"] = callgrind_ir(ctx, "haproxy", [ctx.haproxy, "-db", "-f", cfg], hplain,
                                         n)
-    for name in ("ghlproxy", "nginx", "haproxy"):
+    eplain = "127.0.0.1:%d" % free_port()
+    fig["evhttp"]["ir"] = callgrind_ir(ctx, "evhttp", [ctx.floor, "--listen", eplain,
+                                                       "--upstream", ctx.mock.plain], eplain, n)
+    for name in ("ghlproxy", "nginx", "haproxy", "evhttp"):
         out.put("p_%s_instructions_per_request" % name, round(fig[name]["ir"]))
     ctx.summary["p"] = fig
 
@@ -984,7 +1005,7 @@ def summary_table(ctx, out):
         if case not in s:
             continue
         t = s[case]
-        for name in ("direct", "ghlproxy", "nginx", "haproxy"):
+        for name in ("direct", "ghlproxy", "nginx", "haproxy", "evhttp"):
             if name not in t:
                 continue
             x = t[name]
@@ -1045,7 +1066,7 @@ def summary_table(ctx, out):
             "%s %s instructions, %s system calls (%s epoll_ctl)" % (
                 name, fmt(p[name].get("ir"), "%.0f"), fmt(p[name].get("syscalls"), "%.1f"),
                 fmt(p[name].get("epoll_ctl"), "%.1f"))
-            for name in ("ghlproxy", "nginx", "haproxy") if name in p))
+            for name in ("ghlproxy", "nginx", "haproxy", "evhttp") if name in p))
     if "idle" in s:
         checks.append("idle RSS %s KiB (target <= 8192)" % s["idle"].get("VmRSS"))
     out.lines.append("")
@@ -1086,6 +1107,7 @@ def main():
     ctx.ghlproxy = os.environ.get("GHLPROXY_BIN", os.path.join(ctx.build, "ghlproxy"))
     ctx.fastmock = os.path.join(tools, "perf_fastmock")
     ctx.loadgen = os.path.join(tools, "perf_loadgen")
+    ctx.floor = os.path.join(tools, "perf_evhttp_floor")
     ctx.reps = a.reps or (1 if a.smoke else 5)
     ctx.seconds = a.seconds or (1 if a.smoke else 10)
     ctx.lat_seconds = 1 if a.smoke else 5
@@ -1096,10 +1118,10 @@ def main():
     ctx.f_seconds = 2 if a.smoke else 10
     ctx.summary = {}
     out = Out()
-    for exe in (ctx.ghlproxy, ctx.fastmock, ctx.loadgen):
+    for exe in (ctx.ghlproxy, ctx.fastmock, ctx.loadgen, ctx.floor):
         if not os.access(exe, os.X_OK):
-            raise BenchError("%s is not built (ninja -C BUILD ghlproxy "
-                             "bench/perf/perf_fastmock bench/perf/perf_loadgen)" % exe)
+            raise BenchError("%s is not built (ninja -C BUILD ghlproxy bench/perf/perf_fastmock "
+                             "bench/perf/perf_loadgen bench/perf/perf_evhttp_floor)" % exe)
     ctx.nginx = find_tool("nginx", "NGINX_BIN")
     ctx.haproxy = find_tool("haproxy", "HAPROXY_BIN")
     find_tool("wrk", "WRK_BIN")
@@ -1150,6 +1172,7 @@ def main():
     ctx.haproxy_p = start_haproxy(ctx)
     ctx.gl_plain = start_ghlproxy(ctx, "ghlproxy-plain", "ghlproxy-plain.conf")
     ctx.gl_tls = start_ghlproxy(ctx, "ghlproxy-tls", "ghlproxy-tls.conf")
+    ctx.floor_p = start_evhttp_floor(ctx)
 
     cases = {"a": case_a, "b": case_b, "c": case_c, "d": case_d, "e": case_e, "f": case_f,
              "p": case_p}
