@@ -556,7 +556,7 @@ def throughput_case(ctx, out, case, targets, latency=True):
 
 def ratios(out, case, summary, who="ghlproxy"):
     for other in ("nginx", "haproxy", "evhttp"):
-        if who in summary and other in summary:
+        if other != who and who in summary and other in summary:
             r = summary[who]["rps"] / summary[other]["rps"]
             out.put("%s_throughput_ratio_%s_vs_%s" % (case, who, other), r)
             summary[who]["ratio_" + other] = r
@@ -1032,6 +1032,12 @@ def summary_table(ctx, out):
                               fmt(g.get("add_p99_ms"), "%.3f"),
                               fmt(s[case]["nginx"].get("add_p99_ms"), "%.3f"),
                               fmt(s[case]["haproxy"].get("add_p99_ms"), "%.3f")))
+            if "evhttp" in s[case]:
+                e = s[case]["evhttp"]
+                checks.append("(%s) evhttp alone, the library without the proxy's work: / nginx "
+                              "%s, / HAProxy %s; added p99 %s ms; ghlproxy / evhttp alone %s" % (
+                                  case, fmt(e.get("ratio_nginx")), fmt(e.get("ratio_haproxy")),
+                                  fmt(e.get("add_p99_ms"), "%.3f"), fmt(g.get("ratio_evhttp"))))
     if "c" in s:
         checks.append("(c) Redis backend / local: %s (target >= 0.70); EVALSHA per forwarded "
                       "request %s (target <= 1)" % (fmt(s["c"]["ratio_local"]),
