@@ -125,9 +125,8 @@ struct oauth {
 	char prefix[80];
 	char owner[40];
 	struct event *sync_timer;
-	bool sync_busy;       /* a sync in flight (Redis commands, or the file's job) */
-	uint64_t loop_writes; /* file store: writes made on the loop (install, invalid grant) */
-	struct offload *ow;   /* file store: the thread that reads and writes the file */
+	bool sync_busy;     /* a sync in flight (Redis commands, or the file's job) */
+	struct offload *ow; /* file store: the thread that reads and writes the file */
 	LIST_HEAD(, oauth_res) res;
 	struct oauth_stats st;
 	/* install callbacks in progress */
@@ -168,6 +167,7 @@ struct file_job {
 	struct offload_job j; /* first: the job is the offload_job */
 	struct oauth *o;
 	struct oauth_res *r; /* read, store: NULL once r let go of it */
+	struct install *in;  /* install: answered when the job is done */
 	/* in */
 	char *path;
 	struct ts_key key;
@@ -185,7 +185,6 @@ struct file_job {
 	enum store_finding found; /* store, when the file was read */
 	bool judged;
 	struct ts_entry *theirs; /* store, FOUND_THEIRS: a copy of the store's entry */
-	uint64_t loop_writes;    /* sync: o->loop_writes when it was submitted */
 };
 
 static void step(struct oauth_res *r);
@@ -545,11 +544,9 @@ static void sync_done(struct offload_job *j, bool ran, bool stopping)
 	if (ran && !stopping) {
 		if (fj->rc < 0) {
 			log_warning("token store: %s", fj->err);
-		} else if (fj->loop_writes != o->loop_writes) {
-			/* Read before a write made on the loop (an install): merging it would take
-			 * the new resource for removed. Read again at the next tick. */
-			memset(&o->file_id, 0, sizeof(o->file_id));
 		} else {
+			/* Every write of the file is a job of this helper, in turn: this read saw
+			 * every write done before it, and none done after it. */
 			sync_apply(o, &fj->set, &fj->id);
 		}
 	}
@@ -566,7 +563,6 @@ static void file_sync_async(struct oauth *o)
 	struct file_job *fj = file_job_new(o, NULL, run_sync, sync_done);
 	if (!fj)
 		return; /* out of memory: the next tick tries again */
-	fj->loop_writes = o->loop_writes;
 	o->sync_busy = true;
 	offload_submit(o->ow, &fj->j);
 }
@@ -1526,6 +1522,55 @@ static void on_redis_verify(struct redis *rd, const redisReply *rep, const char 
 		store_failed(r, "redis unreachable");
 }
 
+/*
+ * The file store: the invalid grant's mark (e) is written one generation up by the file's
+ * helper. Memory takes that generation only once it is written: not written (the file changed
+ * meanwhile, or cannot be written), the entry keeps its generation, so that a reinstall stored
+ * one above it by any process is taken. The mark is looked up by name when done: nothing else
+ * waits for it.
+ */
+static void run_mark(struct offload_job *j)
+{
+	struct file_job *fj = (struct file_job *)j;
+
+	fj->rc = ts_file_update(fj->path, file_job_key(fj), mutate_put, fj->pending, &fj->id,
+	                        fj->err, sizeof(fj->err));
+}
+
+static void mark_done(struct offload_job *j, bool ran, bool stopping)
+{
+	struct file_job *fj = (struct file_job *)j;
+	struct oauth_res *r = stopping ? NULL : res_find(fj->o, fj->resource);
+
+	if (ran)
+		fj->o->file_id = fj->id; /* zero when the write failed: the next sync reads again */
+	if (ran && fj->rc < 0)
+		log_fields(LOG_WARNING, "token store: the mark \"installed again\" was not written",
+		           (struct log_field[]){ LOG_STR("resource", fj->resource),
+		                                 LOG_STR("reason", fj->err) },
+		           2);
+	if (ran && fj->rc == 0 && r && r->e && r->e->state == TS_STATE_NEEDS_REINSTALL &&
+	    r->e->generation < fj->pending->generation)
+		r->e->generation = fj->pending->generation;
+	file_job_free(fj);
+}
+
+static void mark_reinstall(struct oauth_res *r, const struct ts_entry *e)
+{
+	struct file_job *fj = file_job_new(r->o, r, run_mark, mark_done);
+
+	if (!fj)
+		return; /* not written: as a failed write */
+	fj->r = NULL;   /* found by name when done */
+	fj->pending = ts_entry_dup(e);
+	if (!fj->pending) {
+		file_job_free(fj);
+		return;
+	}
+	fj->pending->generation = r->base_gen + 1;
+	offload_submit(r->o->ow, &fj->j);
+}
+
 static void on_call_done(void *owner, enum upstream_result res)
 {
 	struct oauth_res *r = owner;
@@ -1602,19 +1647,8 @@ static void on_call_done(void *owner, enum upstream_result res)
 		if (e) {
 			e->state = TS_STATE_NEEDS_REINSTALL;
 			e->updated_ms = wall_ms();
-			/* In the file store the state is written, one generation up. Not written
-			 * (the Redis store, or the file moved meanwhile), the entry keeps its
-			 * generation in memory: a reinstall, stored one above it by any process,
-			 * must be taken. */
-			char err[200];
-			if (!r->o->on_redis) {
-				e->generation = r->base_gen + 1;
-				r->o->loop_writes++;
-				if (ts_file_update(r->o->path, r->o->has_key ? &r->o->key : NULL,
-				                   mutate_put, e, &r->o->file_id, err,
-				                   sizeof(err)) < 0)
-					e->generation = r->e->generation;
-			}
+			if (!r->o->on_redis)
+				mark_reinstall(r, e);
 			ts_entry_free(r->e);
 			r->e = e;
 		}
@@ -1946,6 +1980,66 @@ static void installed(struct oauth *o, struct ts_entry *e)
 	answer_waiters(r, OAUTH_READY, NULL);
 }
 
+/* The install's pair is in the store (e, taken): use it (not when the proxy is going away: the
+ * next start reads it), and tell the operator. */
+static void install_stored(struct install *in, struct ts_entry *e, bool use)
+{
+	char text[200];
+
+	snprintf(text, sizeof(text), "%s %s is installed: ghlproxy holds its tokens.",
+	         ts_user_type_name(e->user_type), e->resource);
+	log_fields(LOG_INFO, "installed",
+	           (struct log_field[]){ LOG_STR("resource", e->resource),
+	                                 LOG_STR("user_type", ts_user_type_name(e->user_type)) },
+	           2);
+	if (use)
+		installed(in->o, e);
+	else
+		ts_entry_free(e);
+	install_reply(in, 200, "Installed", text);
+	install_free(in);
+}
+
+static void install_not_stored(struct install *in, const char *why)
+{
+	log_fields(LOG_ERROR, "install: the token store cannot be written",
+	           (struct log_field[]){ LOG_STR("reason", why) }, 1);
+	install_reply(in, 503, "Install failed",
+	              "the token store cannot be written: nothing was installed, try again");
+	install_free(in);
+}
+
+/* The file store: the install's pair is written by the file's helper (o->ow), in turn with the
+ * refreshes' reads and writes, so that a lock held elsewhere holds up the install, not the loop.
+ * A sync queued before it read the file before the write and is done before it: neither it nor
+ * memory has the new pair yet, so the sync's merge cannot take it for removed. */
+static void run_install(struct offload_job *j)
+{
+	struct file_job *fj = (struct file_job *)j;
+
+	fj->rc = ts_file_update(fj->path, file_job_key(fj), mutate_install, fj->pending, &fj->id,
+	                        fj->err, sizeof(fj->err));
+}
+
+static void install_done(struct offload_job *j, bool ran, bool stopping)
+{
+	struct file_job *fj = (struct file_job *)j;
+	struct install *in = fj->in;
+	struct ts_entry *e = fj->pending;
+
+	fj->pending = NULL;
+	if (ran)
+		fj->o->file_id = fj->id; /* zero when the write failed: the next sync reads again */
+	if (ran && fj->rc == 0) {
+		file_job_free(fj);
+		install_stored(in, e, !stopping);
+		return;
+	}
+	install_not_stored(in, ran ? fj->err : "the proxy is stopping");
+	ts_entry_free(e);
+	file_job_free(fj);
+}
+
 struct install_cas {
 	struct install *in;
 	struct ts_entry *e;
@@ -2008,23 +2102,14 @@ static void on_install_cas(struct redis *rd, const redisReply *rep, const char *
 		install_free(in);
 		return;
 	}
-	char text[200];
-	snprintf(text, sizeof(text), "%s %s is installed: ghlproxy holds its tokens.",
-	         ts_user_type_name(e->user_type), e->resource);
-	log_fields(LOG_INFO, "installed",
-	           (struct log_field[]){ LOG_STR("resource", e->resource),
-	                                 LOG_STR("user_type", ts_user_type_name(e->user_type)) },
-	           2);
-	installed(in->o, e);
-	install_reply(in, 200, "Installed", text);
-	install_free(in);
+	install_stored(in, e, true);
 }
 
 static void on_install_done(void *owner, enum upstream_result res)
 {
 	struct install *in = owner;
 	struct oauth *o = in->o;
-	char msg[160], text[300], err[256];
+	char msg[160], text[300];
 
 	in->x = NULL;
 	if (res != UPSTREAM_OK || (in->status != 200 && in->status != 201)) {
@@ -2071,27 +2156,15 @@ static void on_install_done(void *owner, enum upstream_result res)
 		}
 		return;
 	}
-	o->loop_writes++;
-	if (ts_file_update(o->path, o->has_key ? &o->key : NULL, mutate_install, e, &o->file_id,
-	                   err, sizeof(err)) < 0) {
-		log_fields(LOG_ERROR, "install: the token store cannot be written",
-		           (struct log_field[]){ LOG_STR("reason", err) }, 1);
+	struct file_job *fj = file_job_new(o, NULL, run_install, install_done);
+	if (!fj) {
 		ts_entry_free(e);
-		install_reply(
-		        in, 503, "Install failed",
-		        "the token store cannot be written: nothing was installed, try again");
-		install_free(in);
+		install_not_stored(in, "out of memory");
 		return;
 	}
-	snprintf(text, sizeof(text), "%s %s is installed: ghlproxy holds its tokens.",
-	         ts_user_type_name(e->user_type), e->resource);
-	log_fields(LOG_INFO, "installed",
-	           (struct log_field[]){ LOG_STR("resource", e->resource),
-	                                 LOG_STR("user_type", ts_user_type_name(e->user_type)) },
-	           2);
-	installed(o, e);
-	install_reply(in, 200, "Installed", text);
-	install_free(in);
+	fj->in = in;
+	fj->pending = e;
+	offload_submit(o->ow, &fj->j);
 }
 
 static void oauth_start(struct oauth *o, struct evhttp_request *req)

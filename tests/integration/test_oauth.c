@@ -573,6 +573,80 @@ Test(oauth, install_callback_end_to_end)
 	httpc_response_free(&r);
 }
 
+struct callback_call {
+	const char *admin;
+	const char *target;
+	struct httpc_response r;
+	int rc;
+};
+
+static void *callback_main(void *arg)
+{
+	struct callback_call *c = arg;
+
+	c->rc = get(c->admin, c->target, NULL, &c->r);
+	return NULL;
+}
+
+/*
+ * An install while the store's lock is held by another process (`ghlproxy token import`,
+ * another proxy writing the store): the install's write waits for the lock on the file's helper
+ * thread, the proxy answers meanwhile, and the install page comes once the pair is stored.
+ * (Before, the write waited on the event loop: nothing was answered, /healthz included, until
+ * the lock was released.)
+ */
+Test(oauth, install_waits_for_a_store_lock_held_elsewhere)
+{
+	struct httpc_response r;
+	char addr[128], admin[128], path[400], lock_path[450];
+
+	start_mock(MOCK_OAUTH("60000"));
+	fx.proxy = spawn("proxy", NULL, NULL, addr, sizeof(addr), admin, sizeof(admin));
+	snprintf(path, sizeof(path), "%s/tokens.json", fx.dir);
+	snprintf(lock_path, sizeof(lock_path), "%s.lock", path);
+	harness_secret("install-code-2");
+	json_decref(ctl("POST", "/__mock/oauth/code",
+	                json_pack("{s:s, s:s, s:s}", "code", "install-code-2", "user_type",
+	                          "Location", "resource", "LocNew000078")));
+	int lfd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	cr_assert_geq(lfd, 0);
+	cr_assert_eq(flock(lfd, LOCK_EX), 0);
+
+	struct callback_call cb = { .admin = admin,
+		                    .target = "/oauth/callback?code=install-code-2" };
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, callback_main, &cb), 0);
+	int64_t until = harness_now_ms() + 10000;
+	while (stat_of("code_exchanges") < 1 && harness_now_ms() < until)
+		usleep(20000);
+	cr_assert_eq(stat_of("code_exchanges"), 1, "the install code was not exchanged");
+	for (int i = 0; i < 10; i++) {
+		memset(&r, 0, sizeof(r));
+		cr_assert_eq(httpc_request(admin, "GET", "/healthz", NULL, NULL, 0, &r, 2000), 0,
+		             "the proxy stopped answering while the store was locked elsewhere");
+		cr_expect_eq(r.status, 200);
+		httpc_response_free(&r);
+		usleep(100 * 1000);
+	}
+	char *stored = harness_read_file(path, NULL);
+	cr_expect(!stored || !strstr(stored, "LocNew000078"),
+	          "stored through a lock held elsewhere");
+	free(stored);
+
+	close(lfd); /* the lock is free: the waiting write goes through, then the page */
+	cr_assert_eq(pthread_join(th, NULL), 0);
+	cr_assert_eq(cb.rc, 0, "the install page never came");
+	cr_expect_eq(cb.r.status, 200, "%s", cb.r.body);
+	cr_expect(strstr((const char *)cb.r.body, "LocNew000078") != NULL, "%s", cb.r.body);
+	httpc_response_free(&cb.r);
+	stored = harness_read_file(path, NULL);
+	cr_expect(stored && strstr(stored, "LocNew000078"), "the install was not stored");
+	free(stored);
+	cr_assert_eq(get(addr, "/contacts/?locationId=LocNew000078", NULL, &r), 0);
+	cr_expect_eq(r.status, 200, "%s", r.body);
+	httpc_response_free(&r);
+}
+
 /* A refused refresh token: the resource needs a new install; requests get a clear 401. */
 Test(oauth, invalid_grant_means_reinstall)
 {
@@ -596,6 +670,27 @@ Test(oauth, invalid_grant_means_reinstall)
 	httpc_response_free(&r);
 	cr_expect_eq(stat_of("invalid_grants"), 1, "the dead refresh token was tried again");
 	cr_expect_eq(fixture_metric_at(admin, "ghlproxy_tokens_needing_reinstall"), 1);
+
+	/* The mark is in the store, one generation up, so a restarted proxy (or another one on
+	 * the store) does not try the dead refresh token again. */
+	int64_t until = harness_now_ms() + 5000;
+	while (store_generation(path) != 2 && harness_now_ms() < until)
+		usleep(20000);
+	cr_expect_eq(store_generation(path), 2, "the mark was not stored one generation up");
+	json_t *j = json_load_file(path, 0, NULL);
+	cr_expect_str_eq(json_string_value(json_object_get(
+	                         json_array_get(json_object_get(j, "tokens"), 0), "state")),
+	                 "needs_reinstall");
+	json_decref(j);
+	cr_expect_eq(fixture_stop_proxy(&fx), 0);
+	harness_proc_free(fx.proxy);
+	fx.proxy = spawn("proxy", NULL, NULL, addr, sizeof(addr), admin, sizeof(admin));
+	cr_assert_eq(get(addr, "/contacts/?locationId=LocAlpha0001", NULL, &r), 0);
+	cr_expect_eq(r.status, 401);
+	cr_expect(strstr((const char *)r.body, "installed again") != NULL, "%s", r.body);
+	httpc_response_free(&r);
+	cr_expect_eq(stat_of("invalid_grants"), 1,
+	             "the dead refresh token was tried after a restart");
 	free(rts[0]);
 }
 
