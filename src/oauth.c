@@ -168,6 +168,7 @@ struct file_job {
 	struct oauth *o;
 	struct oauth_res *r; /* read, store: NULL once r let go of it */
 	struct install *in;  /* install: answered when the job is done */
+	ts_mutate_cb put;    /* install, mark: how run_put writes `pending` */
 	/* in */
 	char *path;
 	struct ts_key key;
@@ -459,6 +460,15 @@ static struct file_job *file_job_new(struct oauth *o, struct oauth_res *r,
 static const struct ts_key *file_job_key(const struct file_job *fj)
 {
 	return fj->has_key ? &fj->key : NULL;
+}
+
+/* Write `pending` as `put` says (an install's pair, an invalid grant's mark). */
+static void run_put(struct offload_job *j)
+{
+	struct file_job *fj = (struct file_job *)j;
+
+	fj->rc = ts_file_update(fj->path, file_job_key(fj), fj->put, fj->pending, &fj->id, fj->err,
+	                        sizeof(fj->err));
 }
 
 /* The store's content at id merged into memory: removed entries first, then every entry. */
@@ -1529,14 +1539,6 @@ static void on_redis_verify(struct redis *rd, const redisReply *rep, const char 
  * one above it by any process is taken. The mark is looked up by name when done: nothing else
  * waits for it.
  */
-static void run_mark(struct offload_job *j)
-{
-	struct file_job *fj = (struct file_job *)j;
-
-	fj->rc = ts_file_update(fj->path, file_job_key(fj), mutate_put, fj->pending, &fj->id,
-	                        fj->err, sizeof(fj->err));
-}
-
 static void mark_done(struct offload_job *j, bool ran, bool stopping)
 {
 	struct file_job *fj = (struct file_job *)j;
@@ -1557,7 +1559,7 @@ static void mark_done(struct offload_job *j, bool ran, bool stopping)
 
 static void mark_reinstall(struct oauth_res *r, const struct ts_entry *e)
 {
-	struct file_job *fj = file_job_new(r->o, r, run_mark, mark_done);
+	struct file_job *fj = file_job_new(r->o, r, run_put, mark_done);
 
 	if (!fj)
 		return; /* not written: as a failed write */
@@ -1568,6 +1570,7 @@ static void mark_reinstall(struct oauth_res *r, const struct ts_entry *e)
 		return;
 	}
 	fj->pending->generation = r->base_gen + 1;
+	fj->put = mutate_put;
 	offload_submit(r->o->ow, &fj->j);
 }
 
@@ -2013,14 +2016,6 @@ static void install_not_stored(struct install *in, const char *why)
  * refreshes' reads and writes, so that a lock held elsewhere holds up the install, not the loop.
  * A sync queued before it read the file before the write and is done before it: neither it nor
  * memory has the new pair yet, so the sync's merge cannot take it for removed. */
-static void run_install(struct offload_job *j)
-{
-	struct file_job *fj = (struct file_job *)j;
-
-	fj->rc = ts_file_update(fj->path, file_job_key(fj), mutate_install, fj->pending, &fj->id,
-	                        fj->err, sizeof(fj->err));
-}
-
 static void install_done(struct offload_job *j, bool ran, bool stopping)
 {
 	struct file_job *fj = (struct file_job *)j;
@@ -2156,7 +2151,7 @@ static void on_install_done(void *owner, enum upstream_result res)
 		}
 		return;
 	}
-	struct file_job *fj = file_job_new(o, NULL, run_install, install_done);
+	struct file_job *fj = file_job_new(o, NULL, run_put, install_done);
 	if (!fj) {
 		ts_entry_free(e);
 		install_not_stored(in, "out of memory");
@@ -2164,6 +2159,7 @@ static void on_install_done(void *owner, enum upstream_result res)
 	}
 	fj->in = in;
 	fj->pending = e;
+	fj->put = mutate_install;
 	offload_submit(o->ow, &fj->j);
 }
 
