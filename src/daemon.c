@@ -582,7 +582,7 @@ static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
 	if (util_now_ms() >= d->drain_deadline_ms) {
 		log_warning(
 		        "drain timeout: %u requests still in flight are cut, %u token refreshes "
-		        "left",
+		        "or installs left",
 		        d->px.n_active, refreshes);
 		event_base_loopbreak(d->base);
 		return;
@@ -783,13 +783,16 @@ out:
 	 * A lookup still in flight is cancelled, but libevent frees it only in its callback, which
 	 * the cancel merely schedules: one more pass of the loop (not waiting for anything) runs
 	 * it. Without that pass every lookup in flight at exit leaked (found by ASan). The DNS
-	 * timer goes first, so that the pass starts no new lookup.
+	 * timer goes first, so that the pass starts no new lookup. Installs still under way are
+	 * answered before it, so that the pass writes their pages: their requests are admin
+	 * connections, which admin_free frees.
 	 */
 	free_event(d.ev_dns);
 	d.ev_dns = NULL;
 	for (int i = 0; i < d.n_probes; i++)
 		if (d.probes[i].req)
 			evdns_getaddrinfo_cancel(d.probes[i].req);
+	oauth_close_installs(d.px.oauth);
 	if (d.base)
 		event_base_loop(d.base, EVLOOP_NONBLOCK);
 	admin_free(d.admin);

@@ -169,6 +169,7 @@ struct file_job {
 	struct oauth_res *r; /* read, store: NULL once r let go of it */
 	struct install *in;  /* install: answered when the job is done */
 	ts_mutate_cb put;    /* install, mark: how run_put writes `pending` */
+	int lock_fd;         /* mark: the resource's refresh lock, held until written, or -1 */
 	/* in */
 	char *path;
 	struct ts_key key;
@@ -421,6 +422,8 @@ static void reinstall_gauge(struct oauth *o)
 
 static void file_job_free(struct file_job *fj)
 {
+	if (fj->lock_fd >= 0)
+		ts_refresh_unlock(fj->lock_fd);
 	free(fj->path);
 	ts_key_wipe(&fj->key);
 	ts_entry_free(fj->pending);
@@ -441,6 +444,7 @@ static struct file_job *file_job_new(struct oauth *o, struct oauth_res *r,
 		return NULL;
 	fj->j.run = run;
 	fj->j.done = done;
+	fj->lock_fd = -1;
 	fj->o = o;
 	fj->r = r;
 	fj->path = strdup(o->path);
@@ -1536,8 +1540,10 @@ static void on_redis_verify(struct redis *rd, const redisReply *rep, const char 
  * The file store: the invalid grant's mark (e) is written one generation up by the file's
  * helper. Memory takes that generation only once it is written: not written (the file changed
  * meanwhile, or cannot be written), the entry keeps its generation, so that a reinstall stored
- * one above it by any process is taken. The mark is looked up by name when done: nothing else
- * waits for it.
+ * one above it by any process is taken. The resource's refresh lock goes with the job and is
+ * released once the mark is written, as before: another process must not take the lock, read the
+ * entry as still good and spend the dead refresh token on a call. The mark is looked up by name
+ * when done: nothing else waits for it.
  */
 static void mark_done(struct offload_job *j, bool ran, bool stopping)
 {
@@ -1571,6 +1577,8 @@ static void mark_reinstall(struct oauth_res *r, const struct ts_entry *e)
 	}
 	fj->pending->generation = r->base_gen + 1;
 	fj->put = mutate_put;
+	fj->lock_fd = r->lock_fd;
+	r->lock_fd = -1;
 	offload_submit(r->o->ow, &fj->j);
 }
 
@@ -1919,6 +1927,8 @@ const char *oauth_app(const struct oauth *o)
 
 static void install_reply(struct install *in, int status, const char *title, const char *text)
 {
+	if (!in->req)
+		return; /* let go of at exit (oauth_close_installs): already answered */
 	struct evbuffer *b = evbuffer_new();
 
 	if (b) {
@@ -2491,13 +2501,32 @@ static bool res_unsettled(const struct oauth_res *r)
 uint32_t oauth_unsettled(const struct oauth *o)
 {
 	const struct oauth_res *r;
+	const struct install *in;
 	uint32_t n = 0;
 
 	if (!o)
 		return 0;
 	LIST_FOREACH(r, &o->res, link)
 	n += res_unsettled(r);
+	/* An install under way: its code is spent at HighLevel, and its pair is the only one. */
+	LIST_FOREACH(in, &o->installs, link)
+	n++;
 	return n;
+}
+
+void oauth_close_installs(struct oauth *o)
+{
+	struct install *in;
+
+	if (!o)
+		return;
+	LIST_FOREACH(in, &o->installs, link)
+	{
+		install_reply(in, 503, "Install not confirmed",
+		              "the proxy stopped before this install was confirmed: once it runs "
+		              "again, look for the resource in /status, or install again");
+		in->req = NULL;
+	}
 }
 
 void oauth_free(struct oauth *o)

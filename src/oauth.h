@@ -73,11 +73,15 @@ int oauth_reload(struct oauth *o, const struct config *cfg, char *err, size_t er
 /*
  * The process is stopping: no refresh starts any more ahead of expiry (one a request waits for
  * still does). Returns how many refreshes may hold a pair HighLevel has already rotated (the
- * token call is out, or its answer is not stored yet): the drain waits for them to reach 0,
- * since exiting then would lose the only live refresh token of those resources.
+ * token call is out, or its answer is not stored yet), and installs under way (the code is spent,
+ * the pair not stored yet): the drain waits for them to reach 0, since exiting then would lose
+ * the only live refresh token of those resources.
  */
 void oauth_drain(struct oauth *o);
 uint32_t oauth_unsettled(const struct oauth *o);
+/* At exit, before the admin server's connections are freed: answer the installs still under way
+ * (503) and let go of their requests. Their store writes may still finish in oauth_free. */
+void oauth_close_installs(struct oauth *o);
 
 /* The app id (24 hex of oauth.client_id) requests are keyed under. */
 const char *oauth_app(const struct oauth *o);

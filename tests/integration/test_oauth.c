@@ -647,6 +647,55 @@ Test(oauth, install_waits_for_a_store_lock_held_elsewhere)
 	httpc_response_free(&r);
 }
 
+/*
+ * SIGTERM while an install's write waits for a store lock held elsewhere: the drain waits for the
+ * install (its code is spent), and at its deadline the page says the install was not confirmed,
+ * before the admin connection goes. (Before, the page was written to a freed connection at exit,
+ * and the proxy aborted.)
+ */
+Test(oauth, install_under_way_at_exit_is_answered)
+{
+	char addr[128], admin[128], path[400], lock_path[450];
+
+	start_mock(MOCK_OAUTH("60000"));
+	fx.proxy = spawn("proxy", "[server]\ndrain_timeout = 1s\n", NULL, addr, sizeof(addr), admin,
+	                 sizeof(admin));
+	snprintf(path, sizeof(path), "%s/tokens.json", fx.dir);
+	snprintf(lock_path, sizeof(lock_path), "%s.lock", path);
+	harness_secret("install-code-3");
+	json_decref(ctl("POST", "/__mock/oauth/code",
+	                json_pack("{s:s, s:s, s:s}", "code", "install-code-3", "user_type",
+	                          "Location", "resource", "LocNew000079")));
+	int lfd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	cr_assert_geq(lfd, 0);
+	cr_assert_eq(flock(lfd, LOCK_EX), 0);
+
+	struct callback_call cb = { .admin = admin,
+		                    .target = "/oauth/callback?code=install-code-3" };
+	pthread_t th;
+	cr_assert_eq(pthread_create(&th, NULL, callback_main, &cb), 0);
+	int64_t until = harness_now_ms() + 10000;
+	while (stat_of("code_exchanges") < 1 && harness_now_ms() < until)
+		usleep(20000);
+	cr_assert_eq(stat_of("code_exchanges"), 1, "the install code was not exchanged");
+	usleep(300 * 1000); /* the answer is in: its write waits for the lock */
+
+	harness_kill(fx.proxy, SIGTERM);
+	cr_expect_eq(harness_wait_exit(fx.proxy, 20000), 0, "the proxy did not exit cleanly");
+	cr_assert_eq(pthread_join(th, NULL), 0);
+	cr_expect_eq(cb.rc, 0, "the install page never came");
+	cr_expect_eq(cb.r.status, 503, "%s", cb.r.body);
+	cr_expect(cb.r.body && strstr((const char *)cb.r.body, "not confirmed") != NULL, "%s",
+	          cb.r.body);
+	httpc_response_free(&cb.r);
+	char *log = harness_log(fx.proxy);
+	cr_expect(strstr(log, "installs left") != NULL, "the drain did not wait for the install");
+	free(log);
+	harness_proc_free(fx.proxy);
+	fx.proxy = NULL;
+	close(lfd);
+}
+
 /* A refused refresh token: the resource needs a new install; requests get a clear 401. */
 Test(oauth, invalid_grant_means_reinstall)
 {
@@ -691,6 +740,59 @@ Test(oauth, invalid_grant_means_reinstall)
 	httpc_response_free(&r);
 	cr_expect_eq(stat_of("invalid_grants"), 1,
 	             "the dead refresh token was tried after a restart");
+	free(rts[0]);
+}
+
+/*
+ * Two proxies on one store, a dead refresh token, and the store's lock held elsewhere: the proxy
+ * that hears "invalid grant" keeps the resource's refresh lock until its mark is written, so the
+ * other one waits, then reads the mark and never spends the dead token on a call of its own.
+ */
+Test(oauth, invalid_grant_mark_keeps_the_refresh_lock)
+{
+	char path[400], lock_path[450], *rts[1];
+	static const struct install_set one[] = { { "LocAlpha0001", "Location" } };
+	struct httpc_response r;
+	char addr[2][128], admin[2][128];
+	struct harness_proc *p[2];
+
+	start_mock(MOCK_OAUTH("60000"));
+	snprintf(path, sizeof(path), "%s/tokens.json", fx.dir);
+	snprintf(lock_path, sizeof(lock_path), "%s.lock", path);
+	write_store(path, one, 1, rts);
+	json_decref(ctl("POST", "/__mock/oauth/revoke",
+	                json_pack("{s:s}", "resource", "LocAlpha0001")));
+	int lfd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	cr_assert_geq(lfd, 0);
+	cr_assert_eq(flock(lfd, LOCK_EX), 0);
+	/* Both start a refresh of the expired token at once; one of them wins the refresh lock. */
+	for (int i = 0; i < 2; i++)
+		p[i] = spawn(i ? "proxyB" : "proxyA", NULL, NULL, addr[i], sizeof(addr[i]),
+		             admin[i], sizeof(admin[i]));
+	int64_t until = harness_now_ms() + 10000;
+	while (stat_of("invalid_grants") < 1 && harness_now_ms() < until)
+		usleep(20000);
+	cr_assert_eq(stat_of("invalid_grants"), 1, "no refresh reached HighLevel");
+	usleep(1500 * 1000); /* the mark waits for the store's lock; the other proxy waits too */
+	cr_expect_eq(stat_of("invalid_grants"), 1, "the dead refresh token was spent twice");
+
+	close(lfd); /* the mark is written, the refresh lock released */
+	until = harness_now_ms() + 5000;
+	while (store_generation(path) != 2 && harness_now_ms() < until)
+		usleep(20000);
+	cr_expect_eq(store_generation(path), 2, "the mark was not stored");
+	for (int i = 0; i < 2; i++) {
+		cr_assert_eq(get(addr[i], "/contacts/?locationId=LocAlpha0001", NULL, &r), 0);
+		cr_expect_eq(r.status, 401, "proxy %d: %d %s", i, r.status, r.body);
+		cr_expect(strstr((const char *)r.body, "installed again") != NULL, "%s", r.body);
+		httpc_response_free(&r);
+	}
+	cr_expect_eq(stat_of("invalid_grants"), 1, "the dead refresh token was spent twice");
+	for (int i = 0; i < 2; i++) {
+		harness_kill(p[i], SIGTERM);
+		cr_expect_eq(harness_wait_exit(p[i], 30000), 0);
+		harness_proc_free(p[i]);
+	}
 	free(rts[0]);
 }
 
