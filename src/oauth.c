@@ -181,7 +181,8 @@ struct file_job {
 	/* out */
 	int rc;
 	char err[256];
-	struct ts_file_id id;     /* the file as read (sync) or as left (store) */
+	struct ts_file_id id;     /* the file as read (sync) or as left (writes; see seen) */
+	struct ts_file_id seen;   /* writes: the file as memory last read it, when submitted */
 	struct ts_set set;        /* sync */
 	struct ts_entry *entry;   /* read: the resource's entry, NULL when it has none */
 	enum store_finding found; /* store, when the file was read */
@@ -378,6 +379,17 @@ static int mutate_put(struct ts_set *set, void *arg, char *err, size_t err_len)
 
 /* Merge what the store holds into memory: an entry newer than ours replaces it; an entry gone
  * from the store (removed with `ghlproxy token remove`) goes, unless a refresh holds it. */
+/*
+ * A stored entry was not taken because r is mid-refresh. A refresh reads the store again under
+ * its lock and finds it; a location token being minted from its company (r->e NULL) does not.
+ * The file store is then read again at the next tick, not left until the file changes again.
+ */
+static void dropped_mid_refresh(struct oauth *o, const struct oauth_res *r)
+{
+	if (!r->e && !o->on_redis)
+		memset(&o->file_id, 0, sizeof(o->file_id));
+}
+
 static void merge_entry(struct oauth *o, struct ts_entry *e)
 {
 	struct oauth_res *r = res_find(o, e->resource);
@@ -394,7 +406,7 @@ static void merge_entry(struct oauth *o, struct ts_entry *e)
 		return;
 	}
 	if (r->phase != PH_IDLE && r->phase != PH_LOCKING) {
-		/* Mid-refresh: the refresh reads the store again under its lock. */
+		dropped_mid_refresh(o, r);
 		ts_entry_free(e);
 		return;
 	}
@@ -446,6 +458,7 @@ static struct file_job *file_job_new(struct oauth *o, struct oauth_res *r,
 	fj->j.done = done;
 	fj->lock_fd = -1;
 	fj->o = o;
+	fj->seen = o->file_id;
 	fj->r = r;
 	fj->path = strdup(o->path);
 	fj->has_key = o->has_key;
@@ -471,8 +484,8 @@ static void run_put(struct offload_job *j)
 {
 	struct file_job *fj = (struct file_job *)j;
 
-	fj->rc = ts_file_update(fj->path, file_job_key(fj), fj->put, fj->pending, &fj->id, fj->err,
-	                        sizeof(fj->err));
+	fj->rc = ts_file_update_seen(fj->path, file_job_key(fj), fj->put, fj->pending, &fj->seen,
+	                             &fj->id, fj->err, sizeof(fj->err));
 }
 
 /* The store's content at id merged into memory: removed entries first, then every entry. */
@@ -1362,8 +1375,8 @@ static void run_store(struct offload_job *j)
 {
 	struct file_job *fj = (struct file_job *)j;
 
-	fj->rc = ts_file_update(fj->path, file_job_key(fj), mutate_pending, fj, &fj->id, fj->err,
-	                        sizeof(fj->err));
+	fj->rc = ts_file_update_seen(fj->path, file_job_key(fj), mutate_pending, fj, &fj->seen,
+	                             &fj->id, fj->err, sizeof(fj->err));
 }
 
 static void store_done(struct offload_job *j, bool ran, bool stopping)
@@ -1378,7 +1391,7 @@ static void store_done(struct offload_job *j, bool ran, bool stopping)
 	}
 	r->job = NULL;
 	if (ran)
-		o->file_id = fj->id; /* zero when the write failed: the next sync reads again */
+		o->file_id = fj->id; /* zero when not written, or changed elsewhere: read again */
 	if (ran && fj->judged) {
 		r->pending->generation = fj->pending->generation;
 		if (fj->found == FOUND_SPENT)
@@ -1551,7 +1564,8 @@ static void mark_done(struct offload_job *j, bool ran, bool stopping)
 	struct oauth_res *r = stopping ? NULL : res_find(fj->o, fj->resource);
 
 	if (ran)
-		fj->o->file_id = fj->id; /* zero when the write failed: the next sync reads again */
+		fj->o->file_id =
+		        fj->id; /* zero when not written, or changed elsewhere: read again */
 	if (ran && fj->rc < 0)
 		log_fields(LOG_WARNING, "token store: the mark \"installed again\" was not written",
 		           (struct log_field[]){ LOG_STR("resource", fj->resource),
@@ -1980,6 +1994,7 @@ static void installed(struct oauth *o, struct ts_entry *e)
 	}
 	if (r->phase != PH_IDLE) {
 		/* A refresh of the old install is running: it will find the new generation. */
+		dropped_mid_refresh(o, r);
 		ts_entry_free(e);
 		return;
 	}
@@ -2034,7 +2049,8 @@ static void install_done(struct offload_job *j, bool ran, bool stopping)
 
 	fj->pending = NULL;
 	if (ran)
-		fj->o->file_id = fj->id; /* zero when the write failed: the next sync reads again */
+		fj->o->file_id =
+		        fj->id; /* zero when not written, or changed elsewhere: read again */
 	if (ran && fj->rc == 0) {
 		file_job_free(fj);
 		install_stored(in, e, !stopping);

@@ -1536,6 +1536,13 @@ static int open_lock_file(const char *lock_path)
 int ts_file_update(const char *path, const struct ts_key *key, ts_mutate_cb cb, void *arg,
                    struct ts_file_id *id, char *err, size_t err_len)
 {
+	return ts_file_update_seen(path, key, cb, arg, NULL, id, err, err_len);
+}
+
+int ts_file_update_seen(const char *path, const struct ts_key *key, ts_mutate_cb cb, void *arg,
+                        const struct ts_file_id *seen, struct ts_file_id *id, char *err,
+                        size_t err_len)
+{
 	struct ts_file_id before;
 	struct ts_set set;
 	char *lock_path = NULL;
@@ -1572,6 +1579,8 @@ int ts_file_update(const char *path, const struct ts_key *key, ts_mutate_cb cb, 
 		rc = write_atomic(path, key, &set, id, err, err_len);
 	}
 	ts_set_deinit(&set);
+	if (rc == 0 && id && seen && !ts_file_id_equal(&before, seen))
+		memset(id, 0, sizeof(*id)); /* changed by another process: read it again */
 out_close:
 	close(lfd); /* releases the flock */
 	free(lock_path);

@@ -200,6 +200,15 @@ typedef int (*ts_mutate_cb)(struct ts_set *set, void *arg, char *err, size_t err
  */
 int ts_file_update(const char *path, const struct ts_key *key, ts_mutate_cb cb, void *arg,
                    struct ts_file_id *id, char *err, size_t err_len);
+/*
+ * ts_file_update for a caller that keeps a copy of the file in memory, last read at identity
+ * *seen: id gets the identity afterwards only when the file was still *seen when read under the
+ * lock. When another process had changed it, id is zeroed, so that the caller reads the file
+ * again rather than take the file as it left it for the copy it holds, and miss that change.
+ */
+int ts_file_update_seen(const char *path, const struct ts_key *key, ts_mutate_cb cb, void *arg,
+                        const struct ts_file_id *seen, struct ts_file_id *id, char *err,
+                        size_t err_len);
 
 /*
  * The per-resource refresh lock across processes on one host: flock(LOCK_EX|LOCK_NB) on

@@ -982,6 +982,36 @@ Test(token_store, failed_write_removes_the_temp_file)
 	free(p);
 }
 
+/* A caller that keeps the file in memory learns when another writer changed it before its own
+ * write: the identity afterwards is withheld (zero), so that it reads the file again. */
+Test(token_store, update_seen_withholds_the_identity_after_a_change_elsewhere)
+{
+	char *p = path_in_dir("tokens.json");
+	char err[ERR_LEN];
+	struct put_arg mine = { "loc1", "SECRET-rt-a", 0 }, theirs = { "loc2", "SECRET-rt-b", 0 };
+	struct ts_file_id seen, after, now;
+
+	cr_assert_eq(ts_file_update(p, NULL, put_cb, &mine, &seen, err, sizeof(err)), 0, "%s", err);
+	/* Unchanged since seen: the identity afterwards is given. */
+	cr_assert_eq(ts_file_update_seen(p, NULL, put_cb, &mine, &seen, &after, err, sizeof(err)),
+	             0, "%s", err);
+	cr_assert_eq(ts_file_identity(p, &now), 0);
+	cr_expect(after.exists && ts_file_id_equal(&after, &now));
+	/* Another writer, then ours: withheld, though ours was written. */
+	seen = after;
+	cr_assert_eq(ts_file_update(p, NULL, put_cb, &theirs, NULL, err, sizeof(err)), 0, "%s",
+	             err);
+	cr_assert_eq(ts_file_update_seen(p, NULL, put_cb, &mine, &seen, &after, err, sizeof(err)),
+	             0, "%s", err);
+	cr_expect_not(after.exists, "the change made elsewhere would be missed");
+	struct ts_set s;
+	ts_set_init(&s);
+	cr_assert_eq(ts_file_load(p, NULL, &s, NULL, err, sizeof(err)), 0, "%s", err);
+	cr_expect_eq(s.n, 2, "both writes are in the file");
+	ts_set_deinit(&s);
+	free(p);
+}
+
 Test(token_store, identity_changes_on_every_update)
 {
 	char *p = path_in_dir("tokens.json");
