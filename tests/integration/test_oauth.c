@@ -588,6 +588,61 @@ static void *callback_main(void *arg)
 	return NULL;
 }
 
+/* The proxy keeps answering while the store's lock is held elsewhere: /healthz ten times, each
+ * within 2 s. */
+static void expect_answering_while_locked(const char *admin)
+{
+	struct httpc_response r;
+
+	for (int i = 0; i < 10; i++) {
+		memset(&r, 0, sizeof(r));
+		cr_assert_eq(httpc_request(admin, "GET", "/healthz", NULL, NULL, 0, &r, 2000), 0,
+		             "the proxy stopped answering while the store was locked elsewhere");
+		cr_expect_eq(r.status, 200);
+		httpc_response_free(&r);
+		usleep(100 * 1000);
+	}
+}
+
+/* An install under way, its pair's write waiting for the store's lock, held here: a proxy on
+ * the mock (extra: its configuration), the code seeded for `resource`, the lock taken, then
+ * /oauth/callback from th (its answer in cb) until the code is exchanged. Returns the lock's fd;
+ * path gets the store's. */
+struct pending_install {
+	char addr[128], admin[128], path[400], target[100];
+	struct callback_call cb;
+	pthread_t th;
+};
+
+static int install_with_store_locked(struct pending_install *pi, const char *extra,
+                                     const char *code, const char *resource)
+{
+	char lock_path[450];
+
+	start_mock(MOCK_OAUTH("60000"));
+	fx.proxy = spawn("proxy", extra, NULL, pi->addr, sizeof(pi->addr), pi->admin,
+	                 sizeof(pi->admin));
+	snprintf(pi->path, sizeof(pi->path), "%s/tokens.json", fx.dir);
+	snprintf(lock_path, sizeof(lock_path), "%s.lock", pi->path);
+	harness_secret(code);
+	json_decref(ctl("POST", "/__mock/oauth/code",
+	                json_pack("{s:s, s:s, s:s}", "code", code, "user_type", "Location",
+	                          "resource", resource)));
+	int lfd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	cr_assert_geq(lfd, 0);
+	cr_assert_eq(flock(lfd, LOCK_EX), 0);
+
+	snprintf(pi->target, sizeof(pi->target), "/oauth/callback?code=%s", code);
+	pi->cb.admin = pi->admin;
+	pi->cb.target = pi->target;
+	cr_assert_eq(pthread_create(&pi->th, NULL, callback_main, &pi->cb), 0);
+	int64_t until = harness_now_ms() + 10000;
+	while (stat_of("code_exchanges") < 1 && harness_now_ms() < until)
+		usleep(20000);
+	cr_assert_eq(stat_of("code_exchanges"), 1, "the install code was not exchanged");
+	return lfd;
+}
+
 /*
  * An install while the store's lock is held by another process (`ghlproxy token import`,
  * another proxy writing the store): the install's write waits for the lock on the file's helper
@@ -598,51 +653,25 @@ static void *callback_main(void *arg)
 Test(oauth, install_waits_for_a_store_lock_held_elsewhere)
 {
 	struct httpc_response r;
-	char addr[128], admin[128], path[400], lock_path[450];
+	struct pending_install pi = { 0 };
+	int lfd = install_with_store_locked(&pi, NULL, "install-code-2", "LocNew000078");
 
-	start_mock(MOCK_OAUTH("60000"));
-	fx.proxy = spawn("proxy", NULL, NULL, addr, sizeof(addr), admin, sizeof(admin));
-	snprintf(path, sizeof(path), "%s/tokens.json", fx.dir);
-	snprintf(lock_path, sizeof(lock_path), "%s.lock", path);
-	harness_secret("install-code-2");
-	json_decref(ctl("POST", "/__mock/oauth/code",
-	                json_pack("{s:s, s:s, s:s}", "code", "install-code-2", "user_type",
-	                          "Location", "resource", "LocNew000078")));
-	int lfd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-	cr_assert_geq(lfd, 0);
-	cr_assert_eq(flock(lfd, LOCK_EX), 0);
-
-	struct callback_call cb = { .admin = admin,
-		                    .target = "/oauth/callback?code=install-code-2" };
-	pthread_t th;
-	cr_assert_eq(pthread_create(&th, NULL, callback_main, &cb), 0);
-	int64_t until = harness_now_ms() + 10000;
-	while (stat_of("code_exchanges") < 1 && harness_now_ms() < until)
-		usleep(20000);
-	cr_assert_eq(stat_of("code_exchanges"), 1, "the install code was not exchanged");
-	for (int i = 0; i < 10; i++) {
-		memset(&r, 0, sizeof(r));
-		cr_assert_eq(httpc_request(admin, "GET", "/healthz", NULL, NULL, 0, &r, 2000), 0,
-		             "the proxy stopped answering while the store was locked elsewhere");
-		cr_expect_eq(r.status, 200);
-		httpc_response_free(&r);
-		usleep(100 * 1000);
-	}
-	char *stored = harness_read_file(path, NULL);
+	expect_answering_while_locked(pi.admin);
+	char *stored = harness_read_file(pi.path, NULL);
 	cr_expect(!stored || !strstr(stored, "LocNew000078"),
 	          "stored through a lock held elsewhere");
 	free(stored);
 
 	close(lfd); /* the lock is free: the waiting write goes through, then the page */
-	cr_assert_eq(pthread_join(th, NULL), 0);
-	cr_assert_eq(cb.rc, 0, "the install page never came");
-	cr_expect_eq(cb.r.status, 200, "%s", cb.r.body);
-	cr_expect(strstr((const char *)cb.r.body, "LocNew000078") != NULL, "%s", cb.r.body);
-	httpc_response_free(&cb.r);
-	stored = harness_read_file(path, NULL);
+	cr_assert_eq(pthread_join(pi.th, NULL), 0);
+	cr_assert_eq(pi.cb.rc, 0, "the install page never came");
+	cr_expect_eq(pi.cb.r.status, 200, "%s", pi.cb.r.body);
+	cr_expect(strstr((const char *)pi.cb.r.body, "LocNew000078") != NULL, "%s", pi.cb.r.body);
+	httpc_response_free(&pi.cb.r);
+	stored = harness_read_file(pi.path, NULL);
 	cr_expect(stored && strstr(stored, "LocNew000078"), "the install was not stored");
 	free(stored);
-	cr_assert_eq(get(addr, "/contacts/?locationId=LocNew000078", NULL, &r), 0);
+	cr_assert_eq(get(pi.addr, "/contacts/?locationId=LocNew000078", NULL, &r), 0);
 	cr_expect_eq(r.status, 200, "%s", r.body);
 	httpc_response_free(&r);
 }
@@ -655,39 +684,19 @@ Test(oauth, install_waits_for_a_store_lock_held_elsewhere)
  */
 Test(oauth, install_under_way_at_exit_is_answered)
 {
-	char addr[128], admin[128], path[400], lock_path[450];
-
-	start_mock(MOCK_OAUTH("60000"));
-	fx.proxy = spawn("proxy", "[server]\ndrain_timeout = 1s\n", NULL, addr, sizeof(addr), admin,
-	                 sizeof(admin));
-	snprintf(path, sizeof(path), "%s/tokens.json", fx.dir);
-	snprintf(lock_path, sizeof(lock_path), "%s.lock", path);
-	harness_secret("install-code-3");
-	json_decref(ctl("POST", "/__mock/oauth/code",
-	                json_pack("{s:s, s:s, s:s}", "code", "install-code-3", "user_type",
-	                          "Location", "resource", "LocNew000079")));
-	int lfd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-	cr_assert_geq(lfd, 0);
-	cr_assert_eq(flock(lfd, LOCK_EX), 0);
-
-	struct callback_call cb = { .admin = admin,
-		                    .target = "/oauth/callback?code=install-code-3" };
-	pthread_t th;
-	cr_assert_eq(pthread_create(&th, NULL, callback_main, &cb), 0);
-	int64_t until = harness_now_ms() + 10000;
-	while (stat_of("code_exchanges") < 1 && harness_now_ms() < until)
-		usleep(20000);
-	cr_assert_eq(stat_of("code_exchanges"), 1, "the install code was not exchanged");
+	struct pending_install pi = { 0 };
+	int lfd = install_with_store_locked(&pi, "[server]\ndrain_timeout = 1s\n", "install-code-3",
+	                                    "LocNew000079");
 	usleep(300 * 1000); /* the answer is in: its write waits for the lock */
 
 	harness_kill(fx.proxy, SIGTERM);
 	cr_expect_eq(harness_wait_exit(fx.proxy, 20000), 0, "the proxy did not exit cleanly");
-	cr_assert_eq(pthread_join(th, NULL), 0);
-	cr_expect_eq(cb.rc, 0, "the install page never came");
-	cr_expect_eq(cb.r.status, 503, "%s", cb.r.body);
-	cr_expect(cb.r.body && strstr((const char *)cb.r.body, "not confirmed") != NULL, "%s",
-	          cb.r.body);
-	httpc_response_free(&cb.r);
+	cr_assert_eq(pthread_join(pi.th, NULL), 0);
+	cr_expect_eq(pi.cb.rc, 0, "the install page never came");
+	cr_expect_eq(pi.cb.r.status, 503, "%s", pi.cb.r.body);
+	cr_expect(pi.cb.r.body && strstr((const char *)pi.cb.r.body, "not confirmed") != NULL, "%s",
+	          pi.cb.r.body);
+	httpc_response_free(&pi.cb.r);
 	char *log = harness_log(fx.proxy);
 	cr_expect(strstr(log, "installs left") != NULL, "the drain did not wait for the install");
 	free(log);
@@ -1169,7 +1178,6 @@ static int readyz_status(const char *admin);
 Test(oauth, store_lock_held_elsewhere_stops_nothing)
 {
 	struct state_env se;
-	struct httpc_response r;
 	char lock_path[450];
 
 	state_env_start(&se);
@@ -1188,14 +1196,7 @@ Test(oauth, store_lock_held_elsewhere_stops_nothing)
 	while (readyz_status(se.admin) != 503 && harness_now_ms() < until)
 		usleep(20000);
 
-	for (int i = 0; i < 10; i++) {
-		memset(&r, 0, sizeof(r));
-		cr_assert_eq(httpc_request(se.admin, "GET", "/healthz", NULL, NULL, 0, &r, 2000), 0,
-		             "the proxy stopped answering while the store was locked elsewhere");
-		cr_expect_eq(r.status, 200);
-		httpc_response_free(&r);
-		usleep(100 * 1000);
-	}
+	expect_answering_while_locked(se.admin);
 	cr_expect_eq(readyz_status(se.admin), 503, "the pair waiting for the lock is not shown");
 	cr_expect_eq(store_generation(se.path), g, "stored through a lock held elsewhere");
 
