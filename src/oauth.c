@@ -377,8 +377,6 @@ static int mutate_put(struct ts_set *set, void *arg, char *err, size_t err_len)
 	return 0;
 }
 
-/* Merge what the store holds into memory: an entry newer than ours replaces it; an entry gone
- * from the store (removed with `ghlproxy token remove`) goes, unless a refresh holds it. */
 /*
  * A stored entry was not taken because r is mid-refresh. A refresh reads the store again under
  * its lock and finds it; a location token being minted from its company (r->e NULL) does not.
@@ -390,6 +388,8 @@ static void dropped_mid_refresh(struct oauth *o, const struct oauth_res *r)
 		memset(&o->file_id, 0, sizeof(o->file_id));
 }
 
+/* Merge what the store holds into memory: an entry newer than ours replaces it; an entry gone
+ * from the store (removed with `ghlproxy token remove`) goes, unless a refresh holds it. */
 static void merge_entry(struct oauth *o, struct ts_entry *e)
 {
 	struct oauth_res *r = res_find(o, e->resource);
@@ -477,6 +477,14 @@ static struct file_job *file_job_new(struct oauth *o, struct oauth_res *r,
 static const struct ts_key *file_job_key(const struct file_job *fj)
 {
 	return fj->has_key ? &fj->key : NULL;
+}
+
+/* A write's job is done: the file as it left it is the file memory holds, unless the write did not
+ * happen or the file had changed elsewhere (fj->id zero): then the next tick reads it again. */
+static void file_job_took_write(struct file_job *fj, bool ran)
+{
+	if (ran)
+		fj->o->file_id = fj->id;
 }
 
 /* Write `pending` as `put` says (an install's pair, an invalid grant's mark). */
@@ -1383,15 +1391,13 @@ static void store_done(struct offload_job *j, bool ran, bool stopping)
 {
 	struct file_job *fj = (struct file_job *)j;
 	struct oauth_res *r = fj->r;
-	struct oauth *o = fj->o;
 
 	if (!r) { /* r went away meanwhile */
 		file_job_free(fj);
 		return;
 	}
 	r->job = NULL;
-	if (ran)
-		o->file_id = fj->id; /* zero when not written, or changed elsewhere: read again */
+	file_job_took_write(fj, ran);
 	if (ran && fj->judged) {
 		r->pending->generation = fj->pending->generation;
 		if (fj->found == FOUND_SPENT)
@@ -1563,9 +1569,7 @@ static void mark_done(struct offload_job *j, bool ran, bool stopping)
 	struct file_job *fj = (struct file_job *)j;
 	struct oauth_res *r = stopping ? NULL : res_find(fj->o, fj->resource);
 
-	if (ran)
-		fj->o->file_id =
-		        fj->id; /* zero when not written, or changed elsewhere: read again */
+	file_job_took_write(fj, ran);
 	if (ran && fj->rc < 0)
 		log_fields(LOG_WARNING, "token store: the mark \"installed again\" was not written",
 		           (struct log_field[]){ LOG_STR("resource", fj->resource),
@@ -1579,11 +1583,11 @@ static void mark_done(struct offload_job *j, bool ran, bool stopping)
 
 static void mark_reinstall(struct oauth_res *r, const struct ts_entry *e)
 {
-	struct file_job *fj = file_job_new(r->o, r, run_put, mark_done);
+	struct file_job *fj = file_job_new(r->o, NULL, run_put, mark_done);
 
 	if (!fj)
 		return; /* not written: as a failed write */
-	fj->r = NULL;   /* found by name when done */
+	util_strlcpy(fj->resource, r->id, sizeof(fj->resource)); /* found by name when done */
 	fj->pending = ts_entry_dup(e);
 	if (!fj->pending) {
 		file_job_free(fj);
@@ -2048,9 +2052,7 @@ static void install_done(struct offload_job *j, bool ran, bool stopping)
 	struct ts_entry *e = fj->pending;
 
 	fj->pending = NULL;
-	if (ran)
-		fj->o->file_id =
-		        fj->id; /* zero when not written, or changed elsewhere: read again */
+	file_job_took_write(fj, ran);
 	if (ran && fj->rc == 0) {
 		file_job_free(fj);
 		install_stored(in, e, !stopping);
